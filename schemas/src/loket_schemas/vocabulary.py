@@ -11,7 +11,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, WithJsonSchema
 
 
 class AgencyCode(StrEnum):
@@ -101,8 +101,8 @@ class LegalBasis(BaseModel):
     )
 
 
-BSN_PATTERN = re.compile(r"^\d{9}$")
-KVK_PATTERN = re.compile(r"^\d{8}$")
+BSN_PATTERN = re.compile(r"^[0-9]{9}$")
+KVK_PATTERN = re.compile(r"^[0-9]{8}$")
 
 
 def bsn_is_valid(value: str) -> bool:
@@ -126,8 +126,16 @@ def _check_kvk(value: str) -> str:
     return value
 
 
-Bsn = Annotated[str, AfterValidator(_check_bsn)]
-KvkNumber = Annotated[str, AfterValidator(_check_kvk)]
+Bsn = Annotated[
+    str,
+    AfterValidator(_check_bsn),
+    WithJsonSchema({"type": "string", "pattern": "^[0-9]{9}$"}),
+]
+KvkNumber = Annotated[
+    str,
+    AfterValidator(_check_kvk),
+    WithJsonSchema({"type": "string", "pattern": "^[0-9]{8}$"}),
+]
 
 
 class ContactDetails(BaseModel):
