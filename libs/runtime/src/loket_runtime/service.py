@@ -1,0 +1,119 @@
+"""The pieces every service's ``create_app`` composes: broker, Redis, metrics, lifespan.
+
+Nothing here connects when it is built. :meth:`ServiceRuntime.lifespan` (the FastAPI
+lifespan) connects Redis and starts the FastStream broker with every subscriber that was
+registered on it, runs the service's startup hooks, and undoes all of it on shutdown.
+
+Typical ``create_app``::
+
+    def create_app(settings: RouterSettings | None = None) -> FastAPI:
+        settings = settings or RouterSettings()
+        rt = ServiceRuntime(settings)
+        subscribers.register(rt)          # @rt.broker.subscriber(...) etc.
+        app = FastAPI(title="Loket router", lifespan=rt.lifespan)
+        rt.install(app)                   # /healthz /readyz /metrics + app.state.runtime
+        return app
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any
+
+from fastapi import FastAPI
+from faststream.kafka import KafkaBroker
+from prometheus_client import CollectorRegistry
+from redis.asyncio import Redis
+
+from loket_runtime.health import health_router, kafka_check, new_registry, redis_check
+from loket_runtime.kafka import create_broker, ensure_topics
+from loket_runtime.logging import get_logger
+from loket_runtime.settings import BaseServiceSettings
+
+Hook = Callable[[], Awaitable[None]]
+
+
+class ServiceRuntime:
+    """Broker, Redis client and metrics registry of one service instance."""
+
+    def __init__(
+        self,
+        settings: BaseServiceSettings,
+        *,
+        broker: KafkaBroker | None = None,
+        redis: Redis | None = None,
+        registry: CollectorRegistry | None = None,
+        **broker_overrides: Any,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry if registry is not None else new_registry()
+        self.broker = broker or create_broker(settings, registry=self.registry, **broker_overrides)
+        # from_url is lazy: the first command opens the connection.
+        self.redis: Redis = redis or Redis.from_url(
+            settings.redis_url, socket_connect_timeout=settings.readiness_timeout_s
+        )
+        self.topics_to_ensure: list[str] = []
+        self.topic_partitions = 3
+        self._startup: list[Hook] = []
+        self._shutdown: list[Hook] = []
+        self.log = get_logger(f"loket.{settings.service_name}")
+
+    def topic(self, name: str) -> str:
+        return self.settings.topic(name)
+
+    def ensure_topics_on_start(self, names: Iterable[str], partitions: int = 3) -> None:
+        """Create these (unprefixed) topics before the broker starts consuming."""
+        self.topics_to_ensure.extend(self.topic(n) for n in names)
+        self.topic_partitions = partitions
+
+    def on_startup(self, hook: Hook) -> Hook:
+        """Run ``hook`` after Kafka and Redis are connected (in registration order)."""
+        self._startup.append(hook)
+        return hook
+
+    def on_shutdown(self, hook: Hook) -> Hook:
+        """Run ``hook`` before the broker stops (in reverse registration order)."""
+        self._shutdown.append(hook)
+        return hook
+
+    def install(self, app: FastAPI) -> None:
+        app.state.runtime = self
+        app.state.settings = self.settings
+        app.state.broker = self.broker
+        app.state.redis = self.redis
+        app.include_router(
+            health_router(
+                {
+                    "kafka": kafka_check(self.broker, self.settings.readiness_timeout_s),
+                    "redis": redis_check(self.redis),
+                },
+                registry=self.registry,
+                timeout=self.settings.readiness_timeout_s,
+            )
+        )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, _app: FastAPI | None = None) -> AsyncIterator[None]:
+        s = self.settings
+        if s.uses_dev_pseudonym_key:
+            self.log.warning("pseudonym_key_is_dev_default", hint="set LOKET_PSEUDONYM_KEY")
+        if self.topics_to_ensure:
+            await ensure_topics(
+                s.kafka_bootstrap, self.topics_to_ensure, partitions=self.topic_partitions
+            )
+        await self.broker.start()
+        try:
+            for hook in self._startup:
+                await hook()
+            self.log.info("service_started", host=s.host, port=s.port)
+            yield
+        finally:
+            for hook in reversed(self._shutdown):
+                try:
+                    await hook()
+                except Exception:
+                    self.log.exception("shutdown_hook_failed")
+            await self.broker.stop()
+            await self.redis.aclose()
+            self.log.info("service_stopped")

@@ -1,0 +1,1 @@
+"""Domain logic of the handoff service (pure, no I/O)."""

@@ -1,0 +1,1 @@
+"""Domain logic of the intake service (pure, no I/O)."""

@@ -1,0 +1,1 @@
+"""Message and HTTP handlers of the intake service."""

@@ -1,0 +1,26 @@
+"""Run the router service: ``python -m loket_router`` (host/port from LOKET_HOST/LOKET_PORT)."""
+
+from __future__ import annotations
+
+import uvicorn
+
+from loket_router.app import create_app
+from loket_router.settings import RouterSettings
+from loket_runtime.logging import configure_logging
+
+
+def main() -> None:
+    settings = RouterSettings()
+    configure_logging(settings)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+    )
+
+
+if __name__ == "__main__":
+    main()

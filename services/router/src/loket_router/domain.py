@@ -1,0 +1,1 @@
+"""Domain logic of the router service (pure, no I/O)."""
