@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from loket_schemas.catalog import InitiativeKind, load_agencies, load_initiatives
 from loket_schemas.vocabulary import AgencyCode, DataCategory, GdprBasis, Urgency
 
