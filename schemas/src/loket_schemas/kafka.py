@@ -225,8 +225,10 @@ def decode(
         raise InvalidPayload("record has no value")
     try:
         payload = json.loads(value)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidPayload(f"value is not JSON: {exc}") from exc
+    except (ValueError, RecursionError) as exc:
+        # ValueError covers JSONDecodeError, UnicodeDecodeError and ints over the digit limit;
+        # RecursionError: absurdly deep nesting. All are poison, never a crash.
+        raise InvalidPayload(f"value is not JSON: {type(exc).__name__}: {exc}") from exc
     if not isinstance(payload, dict):
         raise InvalidPayload("value must be a JSON object")
     try:

@@ -9,9 +9,18 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    WithJsonSchema,
+)
 
 
 class AgencyCode(StrEnum):
@@ -172,7 +181,18 @@ class BusinessRequester(BaseModel):
     contact: ContactDetails | None = Field(default=None, description="Contact details.")
 
 
-Requester = Annotated[PersonRequester | BusinessRequester, Field(discriminator="kind")]
+def _requester_kind(value: Any) -> str:
+    """The union tag: ``kind`` when given; a requester without ``kind`` is a person."""
+    if isinstance(value, dict):
+        return str(value.get("kind", "person"))
+    return str(getattr(value, "kind", "person"))
+
+
+Requester = Annotated[
+    Annotated[PersonRequester, Tag("person")] | Annotated[BusinessRequester, Tag("business")],
+    Discriminator(_requester_kind),
+]
+"""A person or a business, told apart by ``kind`` (absent ``kind`` means ``person``)."""
 
 
 class ConsentRecord(BaseModel):
