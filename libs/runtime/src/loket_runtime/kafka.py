@@ -2,8 +2,14 @@
 
 Producer defaults: ``acks="all"`` and ``enable_idempotence=True``, so ``await
 broker.publish(...)`` returns only after the broker has durably written the record and
-retries cannot duplicate it. With a broker that is down, publish raises (a
-``KafkaTimeoutError`` / ``KafkaConnectionError``) after at most ``request_timeout_ms``.
+retries cannot duplicate it.
+
+aiokafka's idempotent producer retries forever while the broker is unreachable, so a
+bare publish would hang. Every broker built here therefore carries a delivery-timeout
+middleware: a publish that is not acknowledged within ``delivery_timeout_s`` raises
+``aiokafka.errors.KafkaTimeoutError`` (loudly, never silently dropped). Note that
+``broker.stop()`` flushes pending records and so also waits while the broker is down;
+use :func:`stop_broker` for a bounded shutdown.
 """
 
 from __future__ import annotations
@@ -14,7 +20,8 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, KafkaTimeoutError
+from faststream import BaseMiddleware
 from faststream.kafka import KafkaBroker
 
 if TYPE_CHECKING:
@@ -25,6 +32,34 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _TOPIC_ALREADY_EXISTS = 36
+DEFAULT_DELIVERY_TIMEOUT_S = 30.0
+
+
+def delivery_timeout_middleware(seconds: float) -> type[BaseMiddleware]:
+    """A FastStream middleware bounding every publish by ``seconds`` (broker ack included)."""
+
+    class DeliveryTimeout(BaseMiddleware):
+        async def publish_scope(self, call_next: Any, cmd: Any) -> Any:
+            try:
+                async with asyncio.timeout(seconds):
+                    return await call_next(cmd)
+            except TimeoutError as exc:
+                dest = getattr(cmd, "destination", "?")
+                raise KafkaTimeoutError(
+                    f"publish to {dest!r} not acknowledged by Kafka within {seconds:g}s"
+                ) from exc
+
+    return DeliveryTimeout
+
+
+async def stop_broker(broker: KafkaBroker, timeout: float = 10.0) -> bool:
+    """Stop ``broker`` but give up after ``timeout`` s (e.g. Kafka down). True if clean."""
+    try:
+        await asyncio.wait_for(broker.stop(), timeout=timeout)
+    except TimeoutError:
+        log.error("kafka broker did not stop within %ss (Kafka unreachable?)", timeout)
+        return False
+    return True
 
 
 def create_broker(
@@ -34,11 +69,14 @@ def create_broker(
     client_id: str | None = None,
     registry: CollectorRegistry | None = None,
     middlewares: Sequence[Any] = (),
+    delivery_timeout_s: float | None = None,
     **overrides: Any,
 ) -> KafkaBroker:
     """A FastStream ``KafkaBroker`` with ``acks="all"`` and idempotent producing.
 
     Nothing connects here; call ``await broker.start()`` (the app lifespan does that).
+    Publishing is bounded by ``delivery_timeout_s`` (default: the settings'
+    ``kafka_delivery_timeout_s``, else 30 s).
     ``registry`` adds FastStream's Prometheus middleware; ``overrides`` go to
     ``KafkaBroker`` unchanged (e.g. ``request_timeout_ms=5000`` in fault tests).
     """
@@ -48,7 +86,13 @@ def create_broker(
         bootstrap = settings.kafka_bootstrap
     if client_id is None:
         client_id = settings.service_name if settings is not None else "loket"
-    mws: list[Any] = list(middlewares)
+    if delivery_timeout_s is None:
+        delivery_timeout_s = (
+            settings.kafka_delivery_timeout_s
+            if settings is not None
+            else DEFAULT_DELIVERY_TIMEOUT_S
+        )
+    mws: list[Any] = [delivery_timeout_middleware(delivery_timeout_s), *middlewares]
     if registry is not None:
         from faststream.kafka.prometheus import KafkaPrometheusMiddleware
 

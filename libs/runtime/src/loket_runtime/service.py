@@ -27,7 +27,7 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
 from loket_runtime.health import health_router, kafka_check, new_registry, redis_check
-from loket_runtime.kafka import create_broker, ensure_topics
+from loket_runtime.kafka import create_broker, ensure_topics, stop_broker
 from loket_runtime.logging import get_logger
 from loket_runtime.settings import BaseServiceSettings
 
@@ -114,6 +114,6 @@ class ServiceRuntime:
                     await hook()
                 except Exception:
                     self.log.exception("shutdown_hook_failed")
-            await self.broker.stop()
+            await stop_broker(self.broker, timeout=10.0)
             await self.redis.aclose()
             self.log.info("service_stopped")

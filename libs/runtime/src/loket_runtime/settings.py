@@ -35,6 +35,8 @@ class BaseServiceSettings(BaseSettings):
     #: (e.g. ``"t1a2b3c4d."``) so they get fresh topics on a shared broker. Always build
     #: names with :meth:`topic`.
     topic_prefix: str = ""
+    #: Seconds a publish may wait for the Kafka ack before it raises KafkaTimeoutError.
+    kafka_delivery_timeout_s: float = 30.0
     #: Seconds each readiness probe (Kafka, Redis) may take before /readyz says 503.
     readiness_timeout_s: float = 2.0
 
