@@ -1,22 +1,133 @@
 """Composition root of the handoff service: ``create_app(settings)`` builds everything.
 
 Nothing connects at import time or in ``create_app``; Kafka and Redis connect in the
-FastAPI lifespan (see loket_runtime.service.ServiceRuntime).
+FastAPI lifespan (see loket_runtime.service.ServiceRuntime). On start the projection is
+rebuilt from Kafka when its marker is missing, then the SLA timer sweep starts.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from typing import Any
+
 from fastapi import FastAPI
+from redis.exceptions import RedisError
 
-from loket_handoff import subscribers
+from loket_handoff import api, subscribers
+from loket_handoff.businesshours import calendar_for
+from loket_handoff.clock import Clock, SystemClock
+from loket_handoff.errors import Retryable
+from loket_handoff.handlers import HandoffService
+from loket_handoff.metrics import HandoffMetrics
+from loket_handoff.rebuild import Rebuilder
 from loket_handoff.settings import HandoffSettings
+from loket_handoff.store import HandoffStore
 from loket_runtime.service import ServiceRuntime
+from loket_schemas import topics
+from loket_schemas.catalog import load_agencies
+
+GAUGE_REFRESH_S = 5.0
 
 
-def create_app(settings: HandoffSettings | None = None) -> FastAPI:
+def create_app(
+    settings: HandoffSettings | None = None,
+    *,
+    clock: Clock | None = None,
+    runtime: ServiceRuntime | None = None,
+) -> FastAPI:
     settings = settings or HandoffSettings()
-    runtime = ServiceRuntime(settings)
-    subscribers.register(runtime)
-    app = FastAPI(title="Loket handoff", version="0.1.0", lifespan=runtime.lifespan)
-    runtime.install(app)
+    rt = runtime or ServiceRuntime(settings)
+    rt.ensure_topics_on_start(
+        [topics.HANDOFFS, topics.HANDOFF_RESPONSES, topics.CONSENT, topics.DLQ]
+    )
+    catalog = load_agencies()
+    calendar = calendar_for(settings.handoff_time_scale)
+    store = HandoffStore(rt.redis, settings.redis_key_prefix, calendar)
+    metrics = HandoffMetrics(rt.registry)
+    rebuilder = Rebuilder(
+        store,
+        bootstrap=settings.kafka_bootstrap,
+        handoffs_topic=rt.topic(topics.HANDOFFS),
+        consent_topic=rt.topic(topics.CONSENT),
+        log=rt.log,
+        on_rebuilt=metrics.rebuilds.inc,
+    )
+    publisher = subscribers.KafkaPublisher(None)
+    service = HandoffService(
+        store=store,
+        publisher=publisher,
+        clock=clock or SystemClock(),
+        catalog=catalog,
+        calendar=calendar,
+        metrics=metrics,
+        ensure_ready=rebuilder.ensure_ready,
+        log=rt.log,
+    )
+    publishers = subscribers.register(
+        rt.broker,
+        service,
+        prefix=settings.topic_prefix,
+        group_id=settings.topic_prefix + settings.handoff_group_id,
+        log=rt.log,
+    )
+    publisher.publisher = publishers.handoffs
+
+    tasks: list[asyncio.Task[Any]] = []
+
+    async def sweep_forever() -> None:
+        last_gauges = 0.0
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                if settings.handoff_timers_enabled:
+                    fired = await service.fire_due_timers(
+                        limit=settings.handoff_timer_batch, lease_s=settings.handoff_timer_lease_s
+                    )
+                    if fired >= settings.handoff_timer_batch:
+                        continue  # more due: sweep again at once
+                else:
+                    await service.ensure_ready()
+                if loop.time() - last_gauges > GAUGE_REFRESH_S:
+                    last_gauges = loop.time()
+                    for code, n in (await store.open_counts_by_agency()).items():
+                        metrics.open_handoffs.labels(code).set(n)
+            except asyncio.CancelledError:
+                raise
+            except (Retryable, RedisError, OSError) as exc:
+                rt.log.warning("timer_sweep_failed", error=f"{type(exc).__name__}: {exc}"[:300])
+            except Exception:
+                rt.log.exception("timer_sweep_crashed")
+            await asyncio.sleep(settings.handoff_timer_interval_s)  # the sweep period
+
+    @rt.on_startup
+    async def start() -> None:
+        await rebuilder.ensure_ready()
+        tasks.append(asyncio.create_task(sweep_forever(), name="handoff-sla-sweep"))
+
+    @rt.on_shutdown
+    async def stop() -> None:
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    app = FastAPI(
+        title="Loket handoff",
+        version="0.1.0",
+        description="Warm handoffs between agencies: accept, decline, resolve, escalate; "
+        "SLA timers; case timelines; public status.",
+        lifespan=rt.lifespan,
+    )
+    rt.install(app)
+    app.state.handoff_service = service
+    app.state.handoff_store = store
+    app.state.handoff_rebuilder = rebuilder
+    app.state.handoff_publishers = publishers
+    app.state.handoff_keys = settings.key_hashes()
+    app.state.handoff_metrics = metrics
+    app.include_router(api.build_router())
+    app.add_exception_handler(api.HTTPProblem, api.problem_handler)
+    for exc_type in (Retryable, RedisError, OSError):
+        app.add_exception_handler(exc_type, api.unavailable_handler)
     return app

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 
+from loket_handoff.businesshours import SlaCalendar
 from loket_schemas.catalog import AgencyCatalog
 from loket_schemas.events import (
     AcceptHandoff,
@@ -50,8 +51,6 @@ from loket_schemas.events import (
     SlaKind,
 )
 from loket_schemas.vocabulary import AgencyCode, Urgency
-
-from loket_handoff.businesshours import SlaCalendar
 
 #: Namespace of deterministic handoff ids (uuid5 of ``case_id:agency:route_seq``).
 HANDOFF_NAMESPACE = uuid.UUID("5b0c7e4e-3f1d-5a0e-9d3c-6c6f6b657431")
@@ -328,9 +327,7 @@ def decide_command(
         if not command.reason.strip():
             return Rejected(RejectionKind.INVALID, "a reason is required to decline")
         if command.suggested_agency == handoff.agency:
-            return Rejected(
-                RejectionKind.INVALID, "the suggested agency must be another agency"
-            )
+            return Rejected(RejectionKind.INVALID, "the suggested agency must be another agency")
         declined_by = list(case.declined_by) if case else []
         if handoff.agency not in declined_by:
             declined_by.append(handoff.agency)
@@ -580,9 +577,7 @@ def _handoff_after(handoff: Handoff, event: HandoffEvent, calendar: SlaCalendar)
     return handoff
 
 
-def replay(
-    events: Iterable[CaseRouted | HandoffEvent], calendar: SlaCalendar
-) -> Projection:
+def replay(events: Iterable[CaseRouted | HandoffEvent], calendar: SlaCalendar) -> Projection:
     """Fold events into a fresh projection (tests, rebuild of one case)."""
     projection = Projection()
     for event in events:

@@ -5,19 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from loket_schemas.catalog import load_agencies
-from loket_schemas.events import (
-    AgencyAssignment,
-    AgencyRole,
-    CaseRouted,
-    HandoffCommand,
-    HandoffDeclined,
-    HandoffEscalated,
-    HandoffEvent,
-    RouteCause,
-)
-from loket_schemas.vocabulary import AgencyCode, Urgency
-
 from loket_handoff.businesshours import BusinessCalendar
 from loket_handoff.domain import (
     BOUNCE_LIMIT,
@@ -30,6 +17,18 @@ from loket_handoff.domain import (
     decide_timer,
     evolve,
 )
+from loket_schemas.catalog import load_agencies
+from loket_schemas.events import (
+    AgencyAssignment,
+    AgencyRole,
+    CaseRouted,
+    HandoffCommand,
+    HandoffDeclined,
+    HandoffEscalated,
+    HandoffEvent,
+    RouteCause,
+)
+from loket_schemas.vocabulary import AgencyCode, Urgency
 
 CATALOG = load_agencies()
 CALENDAR = BusinessCalendar()

@@ -102,7 +102,5 @@ def test_scaled_calendar_runs_on_the_wall_clock() -> None:
     assert isinstance(cal, ScaledCalendar)
     start = datetime(2025, 3, 8, 23, 0, tzinfo=UTC)  # Saturday night: no business hours
     assert cal.add_hours(start, 16) == start + timedelta(seconds=16)
-    assert cal.point_at(start, start + timedelta(seconds=16), 0.75) == start + timedelta(
-        seconds=12
-    )
+    assert cal.point_at(start, start + timedelta(seconds=16), 0.75) == start + timedelta(seconds=12)
     assert isinstance(calendar_for(1), BusinessCalendar)

@@ -5,6 +5,17 @@ from __future__ import annotations
 from datetime import timedelta
 
 from handoff_harness import T0, Harness, routed
+
+from loket_handoff.domain import (
+    OPERATOR,
+    Accepted,
+    HandoffState,
+    Rejected,
+    RejectionKind,
+    agency_owner,
+    handoff_id_for,
+    initiative_owner,
+)
 from loket_schemas.events import (
     AcceptHandoff,
     AgencyRole,
@@ -23,17 +34,6 @@ from loket_schemas.events import (
     SlaKind,
 )
 from loket_schemas.vocabulary import AgencyCode, Urgency
-
-from loket_handoff.domain import (
-    OPERATOR,
-    Accepted,
-    HandoffState,
-    Rejected,
-    RejectionKind,
-    agency_owner,
-    handoff_id_for,
-    initiative_owner,
-)
 
 ANNA = ContactPerson(name="Anna de Vries", email="anna@uwv.example")
 

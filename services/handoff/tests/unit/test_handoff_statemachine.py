@@ -9,6 +9,15 @@ from handoff_harness import Harness, routed
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from loket_handoff.domain import (
+    BOUNCE_LIMIT,
+    ESCALATION_POINT,
+    OPERATOR,
+    Rejected,
+    agency_owner,
+    initiative_owner,
+)
 from loket_schemas.events import (
     AcceptHandoff,
     AgencyRole,
@@ -23,15 +32,6 @@ from loket_schemas.events import (
     ResolveHandoff,
 )
 from loket_schemas.vocabulary import AgencyCode
-
-from loket_handoff.domain import (
-    BOUNCE_LIMIT,
-    ESCALATION_POINT,
-    OPERATOR,
-    Rejected,
-    agency_owner,
-    initiative_owner,
-)
 
 AGENCIES = st.sampled_from(
     [

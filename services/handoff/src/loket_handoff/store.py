@@ -1,0 +1,773 @@
+"""The Redis projection of loket.handoffs.v1 and its query interface.
+
+Redis holds nothing that Kafka does not: every key below is derived from the events on
+``loket.handoffs.v1`` (the handoff service's own events plus the router's CaseRouted)
+and can be rebuilt from them (see :mod:`loket_handoff.rebuild`).
+
+Key layout (``P`` = ``settings.redis_key_prefix``; compact on purpose: 1M open handoffs
+must fit in 1.5 GB, see docs/benchmarks.md):
+
+==========================  =========  ====================================================
+key                          type       content
+==========================  =========  ====================================================
+``P h:<handoff_id>``         hash       one handoff (short fields, see ``_H``)
+``P c:<case_id>``            hash       case: owner, reference, initiative, declines, ...
+``P tl:<case_id>``           list       case timeline: one compact JSON entry per event;
+                                        also the applied-event log (idempotence by event id)
+``P timers``                 zset       handoff id -> epoch of its next SLA timer
+``P inflight``               zset       claimed timers -> lease expiry (crash recovery)
+``P oa:<agency>``            zset       open handoffs of an agency -> offered epoch
+``P oi:<initiative>``        zset       open handoffs of an initiative -> offered epoch
+``P ca:<agency>``            zset       last 1000 closed handoffs of an agency -> closed epoch
+``P risk`` / ``P breached``  zset       open handoffs past 75% / past 100% -> due epoch
+``P stats``                  hash       counters (offered/accepted/declined/... per agency)
+``P lat``                    list       last 10000 accept latencies ``agency:seconds``
+``P esc``                    list       last 1000 escalations (JSON)
+``P refs``                   hash       case reference -> case id (status page)
+``P ready``                  string     marker: the projection is complete (rebuilt)
+``P lock:<case_id>``         string     short per-case lock (serialises deciders)
+==========================  =========  ====================================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from redis.asyncio import Redis
+
+from loket_handoff.businesshours import SlaCalendar
+from loket_handoff.domain import Case, Handoff, HandoffState, Projection, evolve
+from loket_handoff.errors import CaseBusy
+from loket_schemas.events import (
+    AgencyRole,
+    CaseRouted,
+    ConsentGiven,
+    ConsentWithdrawn,
+    HandoffAccepted,
+    HandoffDeclined,
+    HandoffEscalated,
+    HandoffEvent,
+    HandoffOffered,
+    HandoffResolved,
+    HandoffResponseRejected,
+    HandoffSlaBreached,
+    HandoffSlaWarning,
+    Message,
+)
+from loket_schemas.vocabulary import AgencyCode, Urgency
+
+CLOSED_KEEP = 1000
+LATENCY_KEEP = 10_000
+ESCALATIONS_KEEP = 1000
+
+_STATE = {
+    HandoffState.OFFERED: "o",
+    HandoffState.ACCEPTED: "a",
+    HandoffState.DECLINED: "d",
+    HandoffState.RESOLVED: "r",
+    HandoffState.ESCALATED: "e",
+}
+_STATE_BACK = {v: k for k, v in _STATE.items()}
+_ROLE = {AgencyRole.LEAD: "l", AgencyRole.SUPPORTING: "s"}
+_ROLE_BACK = {v: k for k, v in _ROLE.items()}
+_URG = {Urgency.NORMAL: "n", Urgency.URGENT: "u"}
+_URG_BACK = {v: k for k, v in _URG.items()}
+
+#: Timeline kinds (short names in Redis, stable: the operator page reads them).
+KIND = {
+    CaseRouted: "routed",
+    HandoffOffered: "offered",
+    HandoffAccepted: "accepted",
+    HandoffDeclined: "declined",
+    HandoffResolved: "resolved",
+    HandoffEscalated: "escalated",
+    HandoffSlaWarning: "sla_warning",
+    HandoffSlaBreached: "sla_breached",
+    HandoffResponseRejected: "rejected",
+    ConsentGiven: "consent_given",
+    ConsentWithdrawn: "consent_withdrawn",
+}
+
+ProjectionEvent = CaseRouted | HandoffEvent
+
+
+def ms(moment: datetime) -> int:
+    return round(moment.timestamp() * 1000)
+
+
+def from_ms(value: str | bytes | int) -> datetime:
+    return datetime.fromtimestamp(int(value) / 1000, UTC)
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def short_id(event_id: str) -> str:
+    """The part of an event id kept in the timeline for idempotence (64 bits of a UUID)."""
+    return event_id.replace("-", "")[:16]
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+def encode_handoff(h: Handoff) -> dict[Any, Any]:
+    out: dict[Any, Any] = {
+        "c": h.case_id,
+        "a": h.agency.value,
+        "r": _ROLE[h.role],
+        "s": _STATE[h.state],
+        "u": _URG[h.urgency],
+        "i": h.initiative_id,
+        "f": h.reference,
+        "t": str(ms(h.offered_at)),
+        "ad": str(ms(h.accept_due_at)),
+        "aw": str(ms(h.accept_warn_at)),
+        "v": str(h.version),
+    }
+    optional: dict[str, Any] = {
+        "n": h.contact,
+        "at": h.accepted_at,
+        "eb": h.expected_by,
+        "rd": h.resolve_due_at,
+        "rw": h.resolve_warn_at,
+        "x": h.closed_at,
+        "m": h.reason,
+        "g": h.suggested_agency.value if h.suggested_agency else None,
+    }
+    for key, value in optional.items():
+        if value is not None:
+            out[key] = str(ms(value)) if isinstance(value, datetime) else str(value)
+    if h.warned:
+        out["w"] = "1"
+    if h.breached:
+        out["b"] = "1"
+    return out
+
+
+def decode_handoff(handoff_id: str, raw: dict[Any, Any]) -> Handoff:
+    d = {_s(k): _s(v) for k, v in raw.items()}
+
+    def opt_dt(key: str) -> datetime | None:
+        return from_ms(d[key]) if key in d else None
+
+    return Handoff(
+        handoff_id=handoff_id,
+        case_id=d["c"],
+        agency=AgencyCode(d["a"]),
+        role=_ROLE_BACK[d["r"]],
+        state=_STATE_BACK[d["s"]],
+        urgency=_URG_BACK[d["u"]],
+        initiative_id=d["i"],
+        reference=d.get("f", ""),
+        offered_at=from_ms(d["t"]),
+        accept_due_at=from_ms(d["ad"]),
+        accept_warn_at=from_ms(d["aw"]),
+        version=int(d["v"]),
+        contact=d.get("n"),
+        accepted_at=opt_dt("at"),
+        expected_by=opt_dt("eb"),
+        resolve_due_at=opt_dt("rd"),
+        resolve_warn_at=opt_dt("rw"),
+        warned=d.get("w") == "1",
+        breached=d.get("b") == "1",
+        closed_at=opt_dt("x"),
+        reason=d.get("m"),
+        suggested_agency=AgencyCode(d["g"]) if "g" in d else None,
+    )
+
+
+def encode_case(c: Case, handoff_ids: Iterable[str]) -> dict[Any, Any]:
+    return {
+        "r": c.reference,
+        "i": c.initiative_id,
+        "o": c.owner,
+        "l": c.lead.value,
+        "u": _URG[c.urgency],
+        "db": ",".join(a.value for a in c.declined_by),
+        "dc": str(c.decline_count),
+        "rc": str(c.route_count),
+        "e": str(c.escalations),
+        "h": ",".join(handoff_ids),
+    }
+
+
+def decode_case(case_id: str, raw: dict[Any, Any]) -> tuple[Case, list[str]]:
+    d = {_s(k): _s(v) for k, v in raw.items()}
+    case = Case(
+        case_id=case_id,
+        reference=d["r"],
+        initiative_id=d["i"],
+        owner=d["o"],
+        lead=AgencyCode(d["l"]),
+        urgency=_URG_BACK[d["u"]],
+        declined_by=tuple(AgencyCode(a) for a in d["db"].split(",") if a),
+        decline_count=int(d["dc"]),
+        route_count=int(d["rc"]),
+        escalations=int(d["e"]),
+    )
+    return case, [h for h in d.get("h", "").split(",") if h]
+
+
+@dataclass(frozen=True)
+class TimelineEntry:
+    """One event on a case timeline (for desk staff; the status page maps kinds to Dutch)."""
+
+    event_id: str
+    kind: str
+    at: datetime
+    agency: str | None = None
+    handoff_id: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        body: dict[str, Any] = {"i": short_id(self.event_id), "k": self.kind, "t": ms(self.at)}
+        if self.agency:
+            body["a"] = self.agency
+        if self.handoff_id:
+            body["h"] = self.handoff_id
+        if self.detail:
+            body["d"] = self.detail
+        return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> TimelineEntry:
+        body = json.loads(raw)
+        return cls(
+            event_id=body["i"],
+            kind=body["k"],
+            at=from_ms(body["t"]),
+            agency=body.get("a"),
+            handoff_id=body.get("h"),
+            detail=body.get("d", {}),
+        )
+
+
+def timeline_entry(event: Message, event_id: str, at: datetime, route_seq: int | None = None
+                   ) -> TimelineEntry:  # fmt: skip
+    """The timeline entry of an event: what desk staff need, no question text, no BSN."""
+    kind = KIND.get(type(event), type(event).__name__)
+    agency = getattr(event, "agency", None)
+    detail: dict[str, Any] = {}
+    if isinstance(event, CaseRouted):
+        detail = {
+            "cause": event.cause.value,
+            "lead": event.lead.value,
+            "agencies": [a.agency.value for a in event.assignments],
+            "seq": route_seq,
+        }
+    elif isinstance(event, HandoffOffered):
+        detail = {"role": event.role.value, "due": ms(event.accept_due_at)}
+    elif isinstance(event, HandoffAccepted):
+        detail = {"contact": event.contact.name}
+        if event.expected_by:
+            detail["expected_by"] = ms(event.expected_by)
+    elif isinstance(event, HandoffDeclined):
+        detail = {
+            "reason": event.reason,
+            "suggested": event.suggested_agency.value,
+            "count": event.decline_count,
+        }
+    elif isinstance(event, HandoffEscalated):
+        detail = {"reason": event.reason.value, "to": event.escalate_to.value}
+        if event.note:
+            detail["note"] = event.note
+    elif isinstance(event, HandoffResolved):
+        detail = {"summary": event.summary} if event.summary else {}
+    elif isinstance(event, HandoffSlaWarning | HandoffSlaBreached):
+        detail = {"sla": event.sla.value, "due": ms(event.due_at)}
+    elif isinstance(event, HandoffResponseRejected):
+        detail = {"reason": event.reason}
+    elif isinstance(event, ConsentWithdrawn):
+        detail = {"consent_id": event.consent_id, "categories": [c.value for c in event.categories]}
+    elif isinstance(event, ConsentGiven):
+        detail = {
+            "consent_id": event.consent.consent_id,
+            "categories": [c.value for c in event.consent.categories],
+        }
+    return TimelineEntry(
+        event_id=event_id,
+        kind=kind,
+        at=at,
+        agency=agency.value if isinstance(agency, AgencyCode) else None,
+        handoff_id=getattr(event, "handoff_id", None),
+        detail=detail,
+    )
+
+
+# --------------------------------------------------------------------------- loaded case
+
+
+@dataclass
+class LoadedCase:
+    """A case as read from Redis under its lock: projection + applied event ids."""
+
+    projection: Projection
+    applied: set[str]
+    route_seqs: dict[str, int]
+    """CaseRouted event short id -> its route sequence number."""
+
+    @property
+    def case(self) -> Case | None:
+        return self.projection.case
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What applying a batch changed (for metrics and the caller)."""
+
+    new_events: list[tuple[str, Message]]
+    route_seq: int | None = None
+
+
+class CaseLock:
+    """A short Redis lock per case (SET NX PX + token; released by compare-and-delete)."""
+
+    _RELEASE = (
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) "
+        "else return 0 end"
+    )
+
+    def __init__(self, redis: Redis, key: str, ttl_ms: int, wait_s: float) -> None:
+        self.redis = redis
+        self.key = key
+        self.ttl_ms = ttl_ms
+        self.wait_s = wait_s
+        self.token = secrets.token_hex(8)
+
+    async def __aenter__(self) -> CaseLock:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.wait_s
+        delay = 0.002
+        while not await self.redis.set(self.key, self.token, nx=True, px=self.ttl_ms):
+            if loop.time() > deadline:
+                raise CaseBusy(f"case lock {self.key} busy for {self.wait_s}s")
+            await asyncio.sleep(delay)  # lock held by another decider; poll with backoff
+            delay = min(delay * 2, 0.05)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.redis.eval(self._RELEASE, 1, self.key, self.token)
+
+
+class HandoffStore:
+    """Projection writes (apply) and the read/query interface (operator page, API)."""
+
+    CLAIM = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+local out = {}
+for _, m in ipairs(due) do
+  if redis.call('ZREM', KEYS[1], m) == 1 then
+    redis.call('ZADD', KEYS[2], ARGV[3], m)
+    out[#out + 1] = m
+  end
+end
+return out
+"""
+    REAP = """
+local stale = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, 1000)
+for _, m in ipairs(stale) do
+  redis.call('ZREM', KEYS[2], m)
+  redis.call('ZADD', KEYS[1], 'NX', ARGV[1], m)
+end
+return #stale
+"""
+
+    def __init__(
+        self,
+        redis: Redis,
+        prefix: str,
+        calendar: SlaCalendar,
+        *,
+        lock_ttl_ms: int = 10_000,
+        lock_wait_s: float = 10.0,
+    ) -> None:
+        self.redis = redis
+        self.p = prefix
+        self.calendar = calendar
+        self.lock_ttl_ms = lock_ttl_ms
+        self.lock_wait_s = lock_wait_s
+        self._claim = redis.register_script(self.CLAIM)
+        self._reap = redis.register_script(self.REAP)
+
+    # ------------------------------------------------------------------ keys
+
+    def k(self, *parts: str) -> str:
+        return self.p + ":".join(parts)
+
+    @property
+    def timers_key(self) -> str:
+        return self.k("timers")
+
+    @property
+    def ready_key(self) -> str:
+        return self.k("ready")
+
+    def lock(self, case_id: str) -> CaseLock:
+        return CaseLock(self.redis, self.k("lock", case_id), self.lock_ttl_ms, self.lock_wait_s)
+
+    # ------------------------------------------------------------------ marker
+
+    async def is_ready(self) -> bool:
+        return bool(await self.redis.exists(self.ready_key))
+
+    async def mark_ready(self, info: str = "1") -> None:
+        await self.redis.set(self.ready_key, info)
+
+    # ------------------------------------------------------------------ load
+
+    async def load(self, case_id: str) -> LoadedCase:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(self.k("c", case_id))
+        pipe.lrange(self.k("tl", case_id), 0, -1)
+        raw_case, raw_timeline = await pipe.execute()
+        projection = Projection()
+        applied: set[str] = set()
+        seqs: dict[str, int] = {}
+        for raw in raw_timeline:
+            entry = TimelineEntry.from_json(raw)
+            applied.add(entry.event_id)
+            if entry.kind == "routed" and entry.detail.get("seq") is not None:
+                seqs[entry.event_id] = int(entry.detail["seq"])
+        if raw_case:
+            case, ids = decode_case(case_id, raw_case)
+            projection.case = case
+            if ids:
+                pipe = self.redis.pipeline(transaction=False)
+                for hid in ids:
+                    pipe.hgetall(self.k("h", hid))
+                for hid, raw in zip(ids, await pipe.execute(), strict=True):
+                    if raw:
+                        projection.handoffs[hid] = decode_handoff(hid, raw)
+        return LoadedCase(projection, applied, seqs)
+
+    async def get_handoff(self, handoff_id: str) -> Handoff | None:
+        raw = await self.redis.hgetall(self.k("h", handoff_id))
+        return decode_handoff(handoff_id, raw) if raw else None
+
+    async def get_case(self, case_id: str) -> Case | None:
+        raw = await self.redis.hgetall(self.k("c", case_id))
+        return decode_case(case_id, raw)[0] if raw else None
+
+    # ------------------------------------------------------------------ apply
+
+    async def apply(
+        self,
+        loaded: LoadedCase,
+        items: Sequence[tuple[str, Message, datetime]],
+    ) -> Applied:
+        """Apply events (``(event_id, event, time)``) of ONE case, idempotently.
+
+        Call under the case lock with ``loaded`` from :meth:`load`; ``loaded`` is updated
+        in place, so several batches can follow one load. Events already applied (their
+        id is on the timeline) are skipped.
+        """
+        projection = loaded.projection
+        before = dict(projection.handoffs)
+        case_before = projection.case
+        new: list[tuple[str, Message]] = []
+        entries: list[TimelineEntry] = []
+        route_seq: int | None = None
+        stats: dict[str, int] = {}
+        latencies: list[str] = []
+        escalations: list[str] = []
+        for event_id, event, at in items:
+            sid = short_id(event_id)
+            if sid in loaded.applied:
+                if isinstance(event, CaseRouted):
+                    route_seq = loaded.route_seqs.get(sid)
+                continue
+            loaded.applied.add(sid)
+            seq: int | None = None
+            if isinstance(event, CaseRouted | HandoffEvent):
+                if isinstance(event, CaseRouted):
+                    seq = projection.case.route_count if projection.case else 0
+                    route_seq = seq
+                    loaded.route_seqs[sid] = seq
+                prior = projection.handoffs.get(getattr(event, "handoff_id", ""))
+                evolve(projection, event, self.calendar)
+                _count(stats, event, prior, latencies, escalations)
+            entries.append(timeline_entry(event, event_id, at, seq))
+            new.append((event_id, event))
+        if not entries:
+            return Applied([], route_seq)
+        case = projection.case
+        case_id = case.case_id if case else new[0][1].case_id
+        pipe = self.redis.pipeline(transaction=True)
+        if case is not None:
+            pipe.hset(self.k("c", case_id), mapping=encode_case(case, projection.handoffs))
+            if case_before is None:
+                pipe.hset(self.k("refs"), case.reference, case_id)
+        for hid, handoff in projection.handoffs.items():
+            if before.get(hid) != handoff:
+                self._write_handoff(pipe, handoff, before.get(hid))
+        pipe.rpush(self.k("tl", case_id), *(e.to_json() for e in entries))
+        for name, n in stats.items():
+            pipe.hincrby(self.k("stats"), name, n)
+        if latencies:
+            pipe.lpush(self.k("lat"), *latencies)
+            pipe.ltrim(self.k("lat"), 0, LATENCY_KEEP - 1)
+        if escalations:
+            pipe.lpush(self.k("esc"), *escalations)
+            pipe.ltrim(self.k("esc"), 0, ESCALATIONS_KEEP - 1)
+        await pipe.execute()
+        return Applied(new, route_seq)
+
+    def _write_handoff(self, pipe: Any, h: Handoff, old: Handoff | None) -> None:
+        hid = h.handoff_id
+        key = self.k("h", hid)
+        if old is not None:
+            pipe.delete(key)
+        pipe.hset(key, mapping=encode_handoff(h))
+        offered = ms(h.offered_at) / 1000
+        if h.is_open:
+            pipe.zadd(self.k("oa", h.agency.value), {hid: offered})
+            pipe.zadd(self.k("oi", h.initiative_id), {hid: offered})
+        else:
+            pipe.zrem(self.k("oa", h.agency.value), hid)
+            pipe.zrem(self.k("oi", h.initiative_id), hid)
+            closed = self.k("ca", h.agency.value)
+            pipe.zadd(closed, {hid: ms(h.closed_at or h.offered_at) / 1000})
+            pipe.zremrangebyrank(closed, 0, -CLOSED_KEEP - 1)
+        nxt = h.next_timer()
+        if nxt is not None:
+            pipe.zadd(self.timers_key, {hid: ms(nxt) / 1000})
+        else:
+            pipe.zrem(self.timers_key, hid)
+        due = h.due_at
+        if h.is_open and h.breached and due is not None:
+            pipe.zrem(self.k("risk"), hid)
+            pipe.zadd(self.k("breached"), {hid: ms(due) / 1000})
+        elif h.is_open and h.warned and due is not None:
+            pipe.zadd(self.k("risk"), {hid: ms(due) / 1000})
+            pipe.zrem(self.k("breached"), hid)
+        else:
+            pipe.zrem(self.k("risk"), hid)
+            pipe.zrem(self.k("breached"), hid)
+
+    # ------------------------------------------------------------------ timers
+
+    async def claim_due(self, now: datetime, limit: int, lease_s: float) -> list[str]:
+        """Atomically claim up to ``limit`` due timers (only one instance gets each)."""
+        t = ms(now) / 1000
+        members = await self._claim(
+            keys=[self.timers_key, self.k("inflight")], args=[t, limit, t + lease_s]
+        )
+        return [_s(m) for m in members]
+
+    async def release(self, handoff_id: str) -> None:
+        """A claimed timer was handled: drop its lease (apply has rescheduled it)."""
+        await self.redis.zrem(self.k("inflight"), handoff_id)
+
+    async def reschedule(self, handoff: Handoff) -> None:
+        nxt = handoff.next_timer()
+        pipe = self.redis.pipeline(transaction=True)
+        if nxt is not None:
+            pipe.zadd(self.timers_key, {handoff.handoff_id: ms(nxt) / 1000})
+        pipe.zrem(self.k("inflight"), handoff.handoff_id)
+        await pipe.execute()
+
+    async def reap_leases(self, now: datetime) -> int:
+        """Give timers whose claimer died (lease expired) back to the due set."""
+        t = ms(now) / 1000
+        return int(await self._reap(keys=[self.timers_key, self.k("inflight")], args=[t]))
+
+    # ------------------------------------------------------------------ queries
+
+    async def _handoffs(self, ids: Sequence[str]) -> list[Handoff]:
+        if not ids:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for hid in ids:
+            pipe.hgetall(self.k("h", hid))
+        return [
+            decode_handoff(hid, raw)
+            for hid, raw in zip(ids, await pipe.execute(), strict=True)
+            if raw
+        ]
+
+    async def open_handoffs(
+        self,
+        *,
+        agency: AgencyCode | str | None = None,
+        initiative_id: str | None = None,
+        state: HandoffState | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[Handoff]:
+        """Open handoffs (offered/accepted) of an agency or initiative, oldest first.
+
+        ``state`` filters on offered/accepted; closed states come from
+        :meth:`closed_handoffs`.
+        """
+        if agency is not None:
+            key = self.k("oa", AgencyCode(agency).value)
+        elif initiative_id is not None:
+            key = self.k("oi", initiative_id)
+        else:
+            raise ValueError("agency or initiative_id is required")
+        if state is None:
+            ids = [_s(m) for m in await self.redis.zrange(key, offset, offset + limit - 1)]
+            return await self._handoffs(ids)
+        out: list[Handoff] = []
+        start = 0
+        page = max(limit, 200)
+        while len(out) < offset + limit:
+            ids = [_s(m) for m in await self.redis.zrange(key, start, start + page - 1)]
+            if not ids:
+                break
+            out.extend(h for h in await self._handoffs(ids) if h.state is state)
+            start += page
+        return out[offset : offset + limit]
+
+    async def closed_handoffs(
+        self, agency: AgencyCode | str, *, state: HandoffState | None = None, limit: int = 100
+    ) -> list[Handoff]:
+        """The most recently closed handoffs of an agency (declined/resolved/escalated)."""
+        key = self.k("ca", AgencyCode(agency).value)
+        ids = [_s(m) for m in await self.redis.zrevrange(key, 0, CLOSED_KEEP - 1)]
+        found = [h for h in await self._handoffs(ids) if state is None or h.state is state]
+        return found[:limit]
+
+    async def open_counts_by_agency(self) -> dict[str, int]:
+        """Open handoffs per agency code (all 17 codes, zeros included)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for code in AgencyCode:
+            pipe.zcard(self.k("oa", code.value))
+        return {
+            code.value: int(n) for code, n in zip(AgencyCode, await pipe.execute(), strict=True)
+        }
+
+    async def open_counts_by_initiative(self, initiative_ids: Iterable[str]) -> dict[str, int]:
+        """Open handoffs per initiative (pass the catalog's ids)."""
+        ids = list(initiative_ids)
+        pipe = self.redis.pipeline(transaction=False)
+        for iid in ids:
+            pipe.zcard(self.k("oi", iid))
+        return {iid: int(n) for iid, n in zip(ids, await pipe.execute(), strict=True)}
+
+    async def at_risk(self, limit: int = 100) -> list[Handoff]:
+        """Open handoffs past 75% of their SLA (not yet breached), soonest due first."""
+        ids = [_s(m) for m in await self.redis.zrange(self.k("risk"), 0, limit - 1)]
+        return await self._handoffs(ids)
+
+    async def breached(self, limit: int = 100) -> list[Handoff]:
+        """Open handoffs whose SLA ran out (oldest due first)."""
+        ids = [_s(m) for m in await self.redis.zrange(self.k("breached"), 0, limit - 1)]
+        return await self._handoffs(ids)
+
+    async def stats(self) -> dict[str, int]:
+        """Counters: ``offered:<agency>``, ``accepted:<agency>``, ``declined:<agency>``,
+        ``resolved:<agency>``, ``escalated:<reason>``, ``escalated_from:<agency>``,
+        ``sla_warning:<accept|resolve>``, ``sla_breached:<accept|resolve>``."""
+        raw = await self.redis.hgetall(self.k("stats"))
+        return {_s(k): int(v) for k, v in raw.items()}
+
+    async def accept_latencies(self, agency: AgencyCode | str | None = None) -> list[float]:
+        """Recent accept latencies in seconds (offer -> accept, wall clock)."""
+        raw = await self.redis.lrange(self.k("lat"), 0, -1)
+        want = AgencyCode(agency).value if agency else None
+        out: list[float] = []
+        for item in raw:
+            code, _, seconds = _s(item).partition(":")
+            if want is None or code == want:
+                out.append(float(seconds))
+        return out
+
+    async def median_time_to_accept(self, agency: AgencyCode | str | None = None) -> float | None:
+        """Median seconds from offer to accept over the last 10000 accepts (None: none)."""
+        values = await self.accept_latencies(agency)
+        return statistics.median(values) if values else None
+
+    async def decline_rate(self, agency: AgencyCode | str | None = None) -> float | None:
+        """Declines / (accepts + declines), per agency or overall (None: no responses)."""
+        stats = await self.stats()
+        suffix = f":{AgencyCode(agency).value}" if agency else None
+
+        def total(kind: str) -> int:
+            return sum(
+                n
+                for name, n in stats.items()
+                if name.startswith(kind + ":") and (suffix is None or name.endswith(suffix))
+            )
+
+        declined = total("declined")
+        answered = declined + total("accepted")
+        return declined / answered if answered else None
+
+    async def escalations(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Most recent escalations, newest first: case_id, handoff_id, agency, reason, at."""
+        raw = await self.redis.lrange(self.k("esc"), 0, limit - 1)
+        return [json.loads(r) for r in raw]
+
+    async def timeline(self, case_id: str) -> list[TimelineEntry]:
+        """Every event of a case in order (routing, offers, responses, SLA, consent)."""
+        raw = await self.redis.lrange(self.k("tl", case_id), 0, -1)
+        return [TimelineEntry.from_json(r) for r in raw]
+
+    async def case_view(self, case_id: str) -> tuple[Case, list[Handoff]] | None:
+        """A case with all its handoffs (open and closed)."""
+        raw = await self.redis.hgetall(self.k("c", case_id))
+        if not raw:
+            return None
+        case, ids = decode_case(case_id, raw)
+        return case, await self._handoffs(ids)
+
+    async def case_id_for_reference(self, reference: str) -> str | None:
+        raw = await self.redis.hget(self.k("refs"), reference)
+        return _s(raw) if raw is not None else None
+
+    async def record_only(self, case_id: str, event_id: str, event: Message, at: datetime) -> bool:
+        """Add an event that changes no state (consent) to a case timeline, idempotently."""
+        async with self.lock(case_id):
+            loaded = await self.load(case_id)
+            applied = await self.apply(loaded, [(event_id, event, at)])
+        return bool(applied.new_events)
+
+
+def _count(
+    stats: dict[str, int],
+    event: CaseRouted | HandoffEvent,
+    prior: Handoff | None,
+    latencies: list[str],
+    escalations: list[str],
+) -> None:
+    def inc(name: str) -> None:
+        stats[name] = stats.get(name, 0) + 1
+
+    if isinstance(event, HandoffOffered) and prior is None:
+        inc(f"offered:{event.agency.value}")
+    elif isinstance(event, HandoffAccepted) and prior and prior.state is HandoffState.OFFERED:
+        inc(f"accepted:{event.agency.value}")
+        seconds = max(0.0, (event.occurred_at - prior.offered_at).total_seconds())
+        latencies.append(f"{event.agency.value}:{seconds:.0f}")
+    elif isinstance(event, HandoffDeclined):
+        inc(f"declined:{event.agency.value}")
+    elif isinstance(event, HandoffResolved):
+        inc(f"resolved:{event.agency.value}")
+    elif isinstance(event, HandoffEscalated):
+        inc(f"escalated:{event.reason.value}")
+        inc(f"escalated_from:{event.agency.value}")
+        escalations.append(
+            json.dumps(
+                {
+                    "case_id": event.case_id,
+                    "handoff_id": event.handoff_id,
+                    "agency": event.agency.value,
+                    "reason": event.reason.value,
+                    "at": event.occurred_at.isoformat(),
+                },
+                separators=(",", ":"),
+            )
+        )
+    elif isinstance(event, HandoffSlaWarning):
+        inc(f"sla_warning:{event.sla.value}")
+    elif isinstance(event, HandoffSlaBreached):
+        inc(f"sla_breached:{event.sla.value}")
