@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from loket_handoff.settings import HandoffSettings
 from loket_intake.settings import IntakeSettings
 from loket_router.settings import RouterSettings

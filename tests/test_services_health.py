@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+
 from loket_handoff.app import create_app as create_handoff
 from loket_handoff.settings import HandoffSettings
 from loket_intake.app import create_app as create_intake

@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 from aiokafka.errors import KafkaTimeoutError
 from faststream.kafka import KafkaMessage
+from redis.asyncio import Redis
+
 from loket_runtime.kafka import create_broker, ensure_topics, stop_broker
 from loket_runtime.testing import LocalKafka, consume_until, header
-from redis.asyncio import Redis
 
 pytestmark = pytest.mark.integration
 

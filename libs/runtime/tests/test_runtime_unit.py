@@ -9,6 +9,7 @@ import logging
 import httpx
 import pytest
 from fastapi import FastAPI
+
 from loket_runtime.health import health_router, new_registry
 from loket_runtime.logging import bind_trace, clear_context, configure_logging, get_logger
 from loket_runtime.settings import DEV_PSEUDONYM_KEY, BaseServiceSettings

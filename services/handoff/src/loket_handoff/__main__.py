@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import uvicorn
-from loket_runtime.logging import configure_logging
 
 from loket_handoff.app import create_app
 from loket_handoff.settings import HandoffSettings
+from loket_runtime.logging import configure_logging
 
 
 def main() -> None:

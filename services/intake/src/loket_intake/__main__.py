@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import uvicorn
-from loket_runtime.logging import configure_logging
 
 from loket_intake.app import create_app
 from loket_intake.settings import IntakeSettings
+from loket_runtime.logging import configure_logging
 
 
 def main() -> None:

@@ -7,10 +7,10 @@ FastAPI lifespan (see loket_runtime.service.ServiceRuntime).
 from __future__ import annotations
 
 from fastapi import FastAPI
-from loket_runtime.service import ServiceRuntime
 
 from loket_intake import subscribers
 from loket_intake.settings import IntakeSettings
+from loket_runtime.service import ServiceRuntime
 
 
 def create_app(settings: IntakeSettings | None = None) -> FastAPI:

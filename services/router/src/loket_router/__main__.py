@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import uvicorn
-from loket_runtime.logging import configure_logging
 
 from loket_router.app import create_app
 from loket_router.settings import RouterSettings
+from loket_runtime.logging import configure_logging
 
 
 def main() -> None:

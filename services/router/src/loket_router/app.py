@@ -7,10 +7,10 @@ FastAPI lifespan (see loket_runtime.service.ServiceRuntime).
 from __future__ import annotations
 
 from fastapi import FastAPI
-from loket_runtime.service import ServiceRuntime
 
 from loket_router import subscribers
 from loket_router.settings import RouterSettings
+from loket_runtime.service import ServiceRuntime
 
 
 def create_app(settings: RouterSettings | None = None) -> FastAPI:
