@@ -8,15 +8,42 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from loket_intake import subscribers
+from loket_intake import api, desk, handlers, publishers
 from loket_intake.settings import IntakeSettings
+from loket_intake.store import RedisIntakeStore
 from loket_runtime.service import ServiceRuntime
+from loket_schemas import topics
 
 
 def create_app(settings: IntakeSettings | None = None) -> FastAPI:
     settings = settings or IntakeSettings()
-    runtime = ServiceRuntime(settings)
-    subscribers.register(runtime)
-    app = FastAPI(title="Loket intake", version="0.1.0", lifespan=runtime.lifespan)
+    runtime = ServiceRuntime(
+        settings,
+        request_timeout_ms=settings.kafka_request_timeout_ms,
+        linger_ms=settings.kafka_linger_ms,
+    )
+    runtime.ensure_topics_on_start([topics.QUESTIONS, topics.CONSENT])
+    pubs = publishers.register(runtime)
+    keys = api.ApiKeys(settings)
+    app = FastAPI(
+        title="Loket intake",
+        version="0.1.0",
+        lifespan=runtime.lifespan,
+        description="One question from any channel, captured once, never lost.",
+    )
     runtime.install(app)
+    app.state.publishers = pubs
+    app.state.deps = handlers.Deps(
+        store=RedisIntakeStore(runtime.redis, settings.redis_key_prefix),
+        questions=publishers.FastStreamPublisher(pubs.questions, settings.publish_timeout_s),
+        consent=publishers.FastStreamPublisher(pubs.consent, settings.publish_timeout_s),
+        pseudonym_key=settings.pseudonym_key.get_secret_value(),
+        status_public_url=settings.handoff_public_url,
+        idempotency_wait_s=settings.idempotency_wait_s,
+    )
+    api.install_error_handlers(app, settings)
+    app.include_router(api.build_router(settings, keys))
+    desk.install(app, settings, keys)
+    if settings.dev_api_keys:
+        runtime.log.warning("dev_api_keys_enabled", hint="set LOKET_DEV_API_KEYS=false")
     return app

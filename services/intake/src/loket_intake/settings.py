@@ -1,6 +1,15 @@
-"""Settings of the intake service (environment variables with prefix ``LOKET_``)."""
+"""Settings of the intake service (environment variables with prefix ``LOKET_``).
+
+API keys: ``LOKET_API_KEYS`` is a JSON object mapping the sha256 hex digest of a key to the
+initiative it belongs to, e.g. ``{"9f86d0...": "bibliotheek-rotterdam-centrale"}``.
+``LOKET_DEV_API_KEYS=true`` (the default, for ``make up`` and tests) also accepts the
+deterministic development keys ``dev-<initiative-id>`` and lets the desk page submit with
+them; production sets it to ``false``.
+"""
 
 from __future__ import annotations
+
+from pydantic import Field
 
 from loket_runtime.settings import BaseServiceSettings
 
@@ -8,3 +17,29 @@ from loket_runtime.settings import BaseServiceSettings
 class IntakeSettings(BaseServiceSettings):
     service_name: str = "intake"
     port: int = 8000
+    #: Base URL of the handoff service as people's browsers reach it (status links).
+    handoff_public_url: str = "http://127.0.0.1:8002"
+    #: Base URL intake itself uses to ask handoff for a case status (desk status panel);
+    #: empty = ``handoff_public_url``.
+    handoff_internal_url: str = ""
+    #: sha256(key) hex -> initiative id.
+    api_keys: dict[str, str] = Field(default_factory=dict)
+    #: Accept ``dev-<initiative-id>`` keys and let the desk page use them. Never in production.
+    dev_api_keys: bool = True
+    #: Max. body sizes, checked while reading, before parsing.
+    max_json_bytes: int = 64 * 1024
+    max_email_bytes: int = 1024 * 1024
+    #: Upper bound for one Kafka publish (acks=all) before the request answers 503.
+    publish_timeout_s: float = 10.0
+    #: aiokafka request timeout (also bounds delivery of a produced batch).
+    kafka_request_timeout_ms: int = 8000
+    #: aiokafka producer linger: a little batching under load, no delay when idle.
+    kafka_linger_ms: int = 2
+    #: Retry-After seconds sent with a 503.
+    retry_after_s: int = 5
+    #: How long a request with an Idempotency-Key in flight elsewhere waits before 409.
+    idempotency_wait_s: float = 2.0
+
+    @property
+    def status_base_url(self) -> str:
+        return (self.handoff_internal_url or self.handoff_public_url).rstrip("/")

@@ -1,0 +1,268 @@
+"""HTTP API of the intake service (``/api/v1``): thin adapters over handlers.py.
+
+Order of checks on a write: content type (415) -> size while reading (413) -> API key
+(401/403) -> JSON syntax (400) -> fields (422) -> Redis/Kafka (409/503). Nothing is
+published unless every check passed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from loket_intake import domain, handlers
+from loket_intake.domain import FieldError
+from loket_intake.email_intake import INITIATIVE_HEADER, EmailParseError, parse_email
+from loket_intake.errors import (
+    BadRequest,
+    Forbidden,
+    IntakeError,
+    PayloadTooLarge,
+    Retryable,
+    Unauthorized,
+    Unprocessable,
+    UnsupportedMediaType,
+)
+from loket_intake.settings import IntakeSettings
+from loket_runtime.logging import bind_trace, clear_context, get_logger
+from loket_schemas.catalog import load_agencies, load_initiatives
+from loket_schemas.tracing import TraceContext, new_trace, parse_traceparent
+
+log = get_logger("loket.intake.api")
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def start_trace(request: Request) -> TraceContext:
+    """Start a span for this request (a child of the caller's ``traceparent`` if valid)."""
+    parent = parse_traceparent(request.headers.get("traceparent"))
+    trace = parent.child() if parent else new_trace()
+    clear_context()
+    bind_trace(trace.trace_id)
+    return trace
+
+
+class ApiKeys:
+    """sha256(key) -> initiative id, from settings (and the dev keys when enabled)."""
+
+    def __init__(self, settings: IntakeSettings) -> None:
+        self.by_hash: dict[str, str] = {}
+        if settings.dev_api_keys:
+            self.by_hash.update(domain.dev_key_hashes())
+        self.by_hash.update({h.lower(): i for h, i in settings.api_keys.items()})
+
+    def initiative_for(self, key: str | None) -> str:
+        if not key:
+            raise Unauthorized("missing X-API-Key header")
+        initiative = self.by_hash.get(domain.hash_api_key(key))
+        if initiative is None:
+            raise Unauthorized("unknown API key")
+        return initiative
+
+
+def media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing more than ``limit`` bytes before reading it all (413)."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise PayloadTooLarge(f"request body larger than {limit} bytes")
+        except ValueError:
+            raise BadRequest("invalid Content-Length header") from None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def idempotency_key(request: Request) -> str | None:
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is None:
+        return None
+    if not _IDEMPOTENCY_KEY.fullmatch(key):
+        raise BadRequest(
+            "Idempotency-Key must be 1..200 visible ASCII characters",
+            fields=[FieldError(IDEMPOTENCY_HEADER, "invalid_format", "1..200 visible ASCII")],
+        )
+    return key
+
+
+def error_response(exc: IntakeError, settings: IntakeSettings | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"status": exc.status, "code": exc.code, "message": exc.message}
+    if exc.fields:
+        body["fields"] = [f.as_dict() for f in exc.fields]
+    headers: dict[str, str] = {}
+    if isinstance(exc, Retryable):
+        headers["Retry-After"] = str(settings.retry_after_s if settings else 5)
+    return JSONResponse({"error": body}, status_code=exc.status, headers=headers)
+
+
+def accepted_response(body: Mapping[str, Any], replayed: bool = False) -> JSONResponse:
+    headers = {"Location": str(body.get("status_url", ""))}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return JSONResponse(dict(body), status_code=202, headers=headers)
+
+
+def install_error_handlers(app: FastAPI, settings: IntakeSettings) -> None:
+    """Every error, ours or the framework's, in the same body format."""
+
+    @app.exception_handler(IntakeError)
+    async def _intake_error(_request: Request, exc: IntakeError) -> JSONResponse:
+        if exc.status >= 500:
+            log.warning("request_failed", code=exc.code, status=exc.status)
+        return error_response(exc, settings)
+
+    @app.exception_handler(RedisError)
+    async def _redis_error(_request: Request, exc: RedisError) -> JSONResponse:
+        log.warning("redis_unavailable", error=type(exc).__name__)
+        err = Retryable("Redis is unavailable; retry later")
+        err.code = "redis_unavailable"
+        return error_response(err, settings)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        err = IntakeError(str(exc.detail))
+        err.status = exc.status_code
+        err.code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        response = error_response(err, settings)
+        for name, value in (exc.headers or {}).items():
+            response.headers[name] = value
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        fields = [
+            FieldError(
+                ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body",
+                str(e.get("type", "invalid")),
+                str(e.get("msg", "invalid")),
+            )
+            for e in exc.errors()
+        ]
+        return error_response(Unprocessable("invalid request", fields=fields), settings)
+
+
+# --------------------------------------------------------------------------- routes
+
+
+def build_router(settings: IntakeSettings, keys: ApiKeys) -> APIRouter:
+    router = APIRouter(prefix="/api/v1", tags=["intake"])
+
+    def deps(request: Request) -> handlers.Deps:
+        deps_: handlers.Deps = request.app.state.deps
+        return deps_
+
+    @router.post("/questions", status_code=202, summary="Submit a question (any channel)")
+    async def post_question(request: Request) -> JSONResponse:
+        trace = start_trace(request)
+        if media_type(request) != "application/json":
+            raise UnsupportedMediaType("Content-Type must be application/json")
+        raw = await read_body(request, settings.max_json_bytes)
+        initiative = keys.initiative_for(request.headers.get("x-api-key"))
+        key = idempotency_key(request)
+        try:
+            payload = json.loads(raw)
+        except (ValueError, RecursionError):
+            raise BadRequest("the body is not valid JSON") from None
+        parsed = domain.parse_question(payload)
+        if isinstance(parsed, list):
+            raise Unprocessable("the question has invalid fields", fields=parsed)
+        if parsed.initiative != initiative:
+            raise Forbidden("this API key may only submit questions for its own initiative")
+        idem = (
+            handlers.Idempotency(initiative, key, domain.body_hash(payload))
+            if key is not None
+            else None
+        )
+        result = await handlers.submit_question(
+            parsed, deps(request), trace=trace, idempotency=idem
+        )
+        return accepted_response(result.accepted.body(), result.replayed)
+
+    @router.post("/inbound/email", status_code=202, summary="Submit a raw e-mail (message/rfc822)")
+    async def post_email(request: Request) -> JSONResponse:
+        trace = start_trace(request)
+        if media_type(request) != "message/rfc822":
+            raise UnsupportedMediaType("Content-Type must be message/rfc822")
+        raw = await read_body(request, settings.max_email_bytes)
+        initiative = keys.initiative_for(request.headers.get("x-api-key"))
+        key = idempotency_key(request)
+        try:
+            mail = parse_email(raw)
+        except EmailParseError as exc:
+            raise BadRequest(f"not a usable e-mail message: {exc}") from None
+        wanted = request.headers.get(INITIATIVE_HEADER) or mail.initiative or initiative
+        if wanted != initiative:
+            raise Forbidden("this API key may only submit questions for its own initiative")
+        payload: dict[str, Any] = {
+            "channel": "email",
+            "initiative": initiative,
+            "text": mail.text,
+        }
+        if mail.sender_email or mail.sender_name:
+            contact = {"name": mail.sender_name, "email": mail.sender_email}
+            payload["requester"] = {"kind": "person", "contact": contact}
+        parsed = domain.parse_question(payload)
+        if isinstance(parsed, list) and mail.sender_email:
+            # a sender address we cannot use is no reason to lose the question
+            payload.pop("requester", None)
+            parsed = domain.parse_question(payload)
+        if isinstance(parsed, list):
+            raise Unprocessable("the e-mail holds no usable question", fields=parsed)
+        # Idempotency: the explicit header, else the Message-ID (re-delivered mail).
+        idem_key = key or (f"message-id:{mail.message_id}"[:200] if mail.message_id else None)
+        idem = (
+            handlers.Idempotency(initiative, idem_key, domain.body_hash(raw.decode("latin-1")))
+            if idem_key
+            else None
+        )
+        result = await handlers.submit_question(
+            parsed, deps(request), trace=trace, idempotency=idem, attachments=mail.attachments
+        )
+        return accepted_response(result.accepted.body(), result.replayed)
+
+    @router.get("/initiatives", summary="The practice initiatives (catalog)")
+    async def get_initiatives() -> list[dict[str, Any]]:
+        return [i.model_dump(mode="json") for i in load_initiatives().initiatives]
+
+    @router.get("/agencies", summary="The agencies (catalog)")
+    async def get_agencies() -> list[dict[str, Any]]:
+        return [a.model_dump(mode="json") for a in load_agencies().agencies]
+
+    @router.post(
+        "/cases/{case_id}/consent/withdraw",
+        status_code=202,
+        summary="Withdraw the consent of a case",
+    )
+    async def post_withdraw(case_id: str, request: Request) -> JSONResponse:
+        trace = start_trace(request)
+        initiative = keys.initiative_for(request.headers.get("x-api-key"))
+        if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", case_id):
+            raise Unprocessable(
+                "invalid case id", fields=[FieldError("case_id", "invalid_format", "not a case id")]
+            )
+        body = await handlers.withdraw_consent(case_id, initiative, deps(request), trace=trace)
+        return JSONResponse(body, status_code=202)
+
+    return router
