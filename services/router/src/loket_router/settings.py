@@ -8,3 +8,29 @@ from loket_runtime.settings import BaseServiceSettings
 class RouterSettings(BaseServiceSettings):
     service_name: str = "router"
     port: int = 8001
+    #: Stable id of this router instance (e.g. the StatefulSet ordinal). Part of every
+    #: transactional id: a restarted instance fences and aborts its predecessor's
+    #: open transactions. Two live instances must never share it.
+    router_instance_id: str = "0"
+    #: Input records per Kafka transaction (getmany max_records).
+    batch_max_records: int = 500
+    #: How long one poll waits for records (ms).
+    poll_timeout_ms: int = 200
+    #: Attempts per batch on transient errors before the loop restarts.
+    retry_attempts: int = 5
+    retry_backoff_s: float = 0.2
+    retry_backoff_max_s: float = 5.0
+    transaction_timeout_ms: int = 60000
+    producer_linger_ms: int = 5
+    #: How long the router keeps a case (question, shares, markers) in Redis.
+    case_ttl_days: int = 400
+    #: Create the Loket topics (with ``topic_prefix``) at start-up when missing.
+    create_topics: bool = True
+    topic_partitions: int = 3
+
+    def group_id(self, group: str) -> str:
+        """Consumer group: the fixed name, prefixed like topics (tests isolate groups too)."""
+        return f"{self.topic_prefix}{group}"
+
+    def transactional_id(self, loop: str) -> str:
+        return f"{self.topic_prefix}loket-router-{loop}-{self.router_instance_id}"

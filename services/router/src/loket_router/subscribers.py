@@ -1,10 +1,9 @@
-"""Kafka subscribers of the router service (to be filled in by the service engineers).
+"""FastStream subscribers of the router: none.
 
-``register(runtime)`` is called by ``create_app`` before the broker starts. Example::
-
-    def register(runtime: ServiceRuntime) -> None:
-        @runtime.broker.subscriber(runtime.topic(topics.QUESTIONS), group_id="loket-router")
-        async def on_question(body: dict, msg: KafkaMessage) -> None: ...
+The router's consumers are consume-transform-produce loops in Kafka transactions, which
+FastStream does not support; they are raw aiokafka loops (loket_router.loop) started in
+the app lifespan by loket_router.service. The FastStream broker of the ServiceRuntime is
+only used for the Kafka readiness check.
 """
 
 from __future__ import annotations
@@ -13,4 +12,4 @@ from loket_runtime.service import ServiceRuntime
 
 
 def register(runtime: ServiceRuntime) -> None:
-    """Attach this service's subscribers and publishers to ``runtime.broker``."""
+    """Nothing to attach: see the module docstring."""

@@ -1,0 +1,76 @@
+"""The router's background work: three transactional loops sharing one Redis store."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis.asyncio import Redis
+
+from loket_router.handlers import (
+    ConsentProcessor,
+    QuestionProcessor,
+    RerouteProcessor,
+    RouterContext,
+)
+from loket_router.loop import Processor, TransactionalLoop
+from loket_router.metrics import RouterMetrics
+from loket_router.routing import classify
+from loket_router.settings import RouterSettings
+from loket_router.store import RedisStore
+from loket_schemas.catalog import load_agencies
+from loket_schemas.kafka import service_source
+
+
+class RouterService:
+    """Builds the processors and loops; ``start``/``stop`` run in the app lifespan."""
+
+    def __init__(
+        self, settings: RouterSettings, *, redis: Redis, metrics: RouterMetrics, log: Any
+    ) -> None:
+        self.settings = settings
+        self.store = RedisStore(redis, settings.redis_key_prefix, settings.case_ttl_days * 86400)
+        self.ctx = RouterContext(
+            catalog=load_agencies(),
+            classify=classify,
+            pseudonym_key=settings.pseudonym_key.get_secret_value(),
+            topic_prefix=settings.topic_prefix,
+            source=service_source("router"),
+            log=log,
+        )
+        processors: list[Processor] = [
+            QuestionProcessor(self.ctx, self.store),
+            RerouteProcessor(self.ctx, self.store),
+            ConsentProcessor(self.ctx, self.store),
+        ]
+        self.loops = [
+            TransactionalLoop(
+                p,
+                bootstrap=settings.kafka_bootstrap,
+                topic=settings.topic(p.input_topic),
+                group_id=settings.group_id(p.group_id),
+                transactional_id=settings.transactional_id(p.name),
+                store=self.store,
+                metrics=metrics,
+                log=log,
+                max_records=settings.batch_max_records,
+                poll_timeout_ms=settings.poll_timeout_ms,
+                retry_attempts=settings.retry_attempts,
+                retry_backoff_s=settings.retry_backoff_s,
+                retry_backoff_max_s=settings.retry_backoff_max_s,
+                transaction_timeout_ms=settings.transaction_timeout_ms,
+                linger_ms=settings.producer_linger_ms,
+            )
+            for p in processors
+        ]
+
+    async def start(self) -> None:
+        for loop in self.loops:
+            await loop.start()
+
+    async def stop(self) -> None:
+        for loop in self.loops:
+            await loop.stop()
+
+    @property
+    def running(self) -> bool:
+        return all(loop.running for loop in self.loops)

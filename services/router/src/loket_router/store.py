@@ -1,0 +1,217 @@
+"""Redis state of the router (AOF on the server), all keys under ``<redis_key_prefix>router:``.
+
+Per case (``cid``), every key with the case TTL:
+
+* ``case:{cid}`` hash: ``question`` (the QuestionReceived JSON, needed to re-route) and
+  ``lead``;
+* ``roles:{cid}`` hash ``agency -> role`` of every agency the case was delivered to;
+* ``shares:{cid}`` hash with one field ``agency|consent_id|category`` per consent-based
+  share (a set: re-writing the same share is a no-op);
+* ``withdrawn:{cid}`` hash with one field ``consent_id|category`` (``*`` = the whole
+  consent) per recorded withdrawal;
+* ``done:{kind}:{id}``: "already done" markers, written only after the Kafka transaction
+  that did the work committed (see docs/architecture.md, router section).
+
+Every write here is idempotent (HSET of the same field and value), so a batch that is
+aborted and retried writes the same state again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from loket_router.domain import ConsentShare, Withdrawal, merge_withdrawals
+from loket_router.errors import RetryableError
+from loket_schemas.events import AgencyRole, QuestionReceived
+from loket_schemas.vocabulary import AgencyCode, DataCategory
+
+ALL = "*"
+
+
+@dataclass
+class CaseState:
+    """What the router knows about a case (from Redis)."""
+
+    case_id: str
+    question: QuestionReceived | None = None
+    lead: AgencyCode | None = None
+    roles: dict[AgencyCode, AgencyRole] = field(default_factory=dict)
+    shares: list[ConsentShare] = field(default_factory=list)
+    withdrawals: dict[str, Withdrawal] = field(default_factory=dict)
+    done: bool = False
+
+    @property
+    def known(self) -> bool:
+        return self.question is not None
+
+
+@dataclass
+class Writes:
+    """State changes of one batch, written in one pipeline before the transaction commits."""
+
+    questions: list[QuestionReceived] = field(default_factory=list)
+    leads: dict[str, AgencyCode] = field(default_factory=dict)
+    roles: list[tuple[str, AgencyCode, AgencyRole]] = field(default_factory=list)
+    shares: list[tuple[str, ConsentShare]] = field(default_factory=list)
+    withdrawals: list[tuple[str, Withdrawal]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.questions or self.leads or self.roles or self.shares or self.withdrawals)
+
+
+def _s(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else raw
+
+
+def parse_withdrawals(raw: dict[Any, Any]) -> dict[str, Withdrawal]:
+    items: list[Withdrawal] = []
+    for key in raw:
+        consent_id, _, cat = _s(key).rpartition("|")
+        items.append(
+            Withdrawal(consent_id, frozenset() if cat == ALL else frozenset({DataCategory(cat)}))
+        )
+    return merge_withdrawals(items)
+
+
+def parse_shares(raw: dict[Any, Any]) -> list[ConsentShare]:
+    grouped: dict[tuple[AgencyCode, str], set[DataCategory]] = {}
+    for key in raw:
+        agency, consent_id, cat = _s(key).split("|", 2)
+        grouped.setdefault((AgencyCode(agency), consent_id), set()).add(DataCategory(cat))
+    return [ConsentShare(a, c, frozenset(cats)) for (a, c), cats in grouped.items()]
+
+
+class RedisStore:
+    """The router's state in Redis. Redis errors surface as :class:`RetryableError`."""
+
+    def __init__(self, redis: Redis, prefix: str, ttl_seconds: int) -> None:
+        self.redis = redis
+        self.prefix = f"{prefix}router:"
+        self.ttl = ttl_seconds
+
+    def key(self, *parts: str) -> str:
+        return self.prefix + ":".join(parts)
+
+    def done_key(self, kind: str, ident: str) -> str:
+        return self.key("done", kind, ident)
+
+    # ----------------------------------------------------------------- reads
+
+    async def load(
+        self, case_ids: Sequence[str], *, done_keys: Sequence[str] | None = None, full: bool = True
+    ) -> dict[str, CaseState]:
+        """Batch-read the state of ``case_ids`` (one round trip).
+
+        ``done_keys`` (same order as ``case_ids``) are the markers to test; ``full=False``
+        reads only markers and withdrawals (enough for a first routing).
+        """
+        ids = list(dict.fromkeys(case_ids))
+        markers = list(done_keys) if done_keys is not None else []
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for cid in ids:
+                    pipe.hgetall(self.key("withdrawn", cid))
+                    if full:
+                        pipe.hmget(self.key("case", cid), ["question", "lead"])
+                        pipe.hgetall(self.key("roles", cid))
+                        pipe.hgetall(self.key("shares", cid))
+                for marker in markers:
+                    pipe.exists(marker)
+                results = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise RetryableError(f"redis read failed: {exc}") from exc
+        out: dict[str, CaseState] = {}
+        it = iter(results)
+        for cid in ids:
+            state = CaseState(cid, withdrawals=parse_withdrawals(next(it)))
+            if full:
+                question_raw, lead_raw = next(it)
+                if question_raw:
+                    state.question = QuestionReceived.model_validate_json(question_raw)
+                if lead_raw:
+                    state.lead = AgencyCode(_s(lead_raw))
+                state.roles = {AgencyCode(_s(k)): AgencyRole(_s(v)) for k, v in next(it).items()}
+                state.shares = parse_shares(next(it))
+            out[cid] = state
+        flags = [bool(next(it)) for _ in markers]
+        if done_keys is not None:
+            for cid, flag in zip(case_ids, flags, strict=True):
+                out[cid].done = out[cid].done or flag
+        return out
+
+    async def done(self, markers: Sequence[str]) -> list[bool]:
+        if not markers:
+            return []
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for marker in markers:
+                    pipe.exists(marker)
+                return [bool(x) for x in await pipe.execute()]
+        except (RedisError, OSError) as exc:
+            raise RetryableError(f"redis read failed: {exc}") from exc
+
+    async def withdrawals(self, case_ids: Iterable[str]) -> dict[str, dict[str, Withdrawal]]:
+        ids = list(dict.fromkeys(case_ids))
+        if not ids:
+            return {}
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for cid in ids:
+                    pipe.hgetall(self.key("withdrawn", cid))
+                results = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise RetryableError(f"redis read failed: {exc}") from exc
+        return {cid: parse_withdrawals(raw) for cid, raw in zip(ids, results, strict=True)}
+
+    # ----------------------------------------------------------------- writes
+
+    async def write(self, writes: Writes) -> None:
+        """Apply a batch's state changes (idempotent) in one round trip."""
+        if not writes:
+            return
+        touched: set[str] = set()
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for q in writes.questions:
+                    pipe.hset(self.key("case", q.case_id), "question", q.model_dump_json())
+                    touched.add(self.key("case", q.case_id))
+                for cid, lead in writes.leads.items():
+                    pipe.hset(self.key("case", cid), "lead", lead.value)
+                    touched.add(self.key("case", cid))
+                for cid, agency, role in writes.roles:
+                    pipe.hset(self.key("roles", cid), agency.value, role.value)
+                    touched.add(self.key("roles", cid))
+                for cid, share in writes.shares:
+                    k = self.key("shares", cid)
+                    for share_cat in sorted(share.categories):
+                        field_name = f"{share.agency.value}|{share.consent_id}|{share_cat.value}"
+                        pipe.hset(k, field_name, "1")
+                    touched.add(k)
+                for cid, w in writes.withdrawals:
+                    k = self.key("withdrawn", cid)
+                    cats = [c.value for c in sorted(w.categories)] or [ALL]
+                    for cat in cats:
+                        pipe.hset(k, f"{w.consent_id}|{cat}", "1")
+                    touched.add(k)
+                for k in touched:
+                    pipe.expire(k, self.ttl)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise RetryableError(f"redis write failed: {exc}") from exc
+
+    async def mark_done(self, markers: Sequence[str]) -> None:
+        """Write "done" markers (after the Kafka transaction committed)."""
+        if not markers:
+            return
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for marker in markers:
+                    pipe.set(marker, "1", ex=self.ttl)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise RetryableError(f"redis write failed: {exc}") from exc
