@@ -53,7 +53,7 @@ CONSENT_EVENTS: tuple[type[Message], ...] = (ConsentGiven, ConsentWithdrawn)
 
 
 async def read_topic_to_end(
-    bootstrap: str, topic: str, *, idle_timeout_s: float = 10.0
+    bootstrap: str, topic: str, *, idle_timeout_s: float = 5.0
 ) -> list[Any]:
     """Every committed record of ``topic`` up to the end offsets captured now."""
     consumer = AIOKafkaConsumer(
@@ -65,8 +65,9 @@ async def read_topic_to_end(
     )
     await consumer.start()
     try:
-        await consumer.topics()
-        partitions = consumer.partitions_for_topic(topic) or set()
+        # the consumer's own cache only knows assigned topics: read the cluster metadata
+        cluster = await consumer._client.fetch_all_metadata()
+        partitions = cluster.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         if not tps:
             return []
@@ -77,13 +78,8 @@ async def read_topic_to_end(
         loop = asyncio.get_running_loop()
         last_progress = loop.time()
         while True:
-            pending = []
-            for tp in tps:
-                position = await consumer.position(tp)
-                lso = consumer.last_stable_offset(tp)
-                target = end[tp] if lso is None else min(end[tp], lso)
-                if position < target:
-                    pending.append(tp)
+            # with read_committed, end_offsets are the last stable offsets
+            pending = [tp for tp in tps if await consumer.position(tp) < end[tp]]
             if not pending:
                 return records
             batch = await consumer.getmany(*pending, timeout_ms=300)

@@ -30,8 +30,9 @@ class HandoffSettings(BaseServiceSettings):
     #: sha256 hex of intake/desk keys (read case timelines).
     handoff_desk_keys: list[str] = Field(default_factory=list)
     #: Development only: accept ``dev-<agencycode>``, ``dev-operator`` and ``dev-desk``.
-    #: ``make up`` sets LOKET_HANDOFF_DEV_KEYS=true; never in production.
-    handoff_dev_keys: bool = False
+    #: Unset: on exactly when the development pseudonym key is in use (``make up``), so a
+    #: production deployment (which must set LOKET_PSEUDONYM_KEY) never accepts them.
+    handoff_dev_keys: bool | None = None
     #: SLA time scale: 1 = real business hours; N > 1 = SLA hours pass N times faster on
     #: the wall clock (demo: 3600 makes one SLA hour last one second).
     handoff_time_scale: float = Field(default=1.0, gt=0)
@@ -52,7 +53,10 @@ class HandoffSettings(BaseServiceSettings):
             table[h.lower()] = "operator"
         for h in self.handoff_desk_keys:
             table[h.lower()] = "desk"
-        if self.handoff_dev_keys:
+        dev = (
+            self.uses_dev_pseudonym_key if self.handoff_dev_keys is None else self.handoff_dev_keys
+        )
+        if dev:
             from loket_schemas.vocabulary import AgencyCode
 
             for code in AgencyCode:

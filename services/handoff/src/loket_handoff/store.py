@@ -37,7 +37,7 @@ import secrets
 import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from redis.asyncio import Redis
@@ -98,8 +98,13 @@ KIND = {
 ProjectionEvent = CaseRouted | HandoffEvent
 
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MS = timedelta(milliseconds=1)
+
+
 def ms(moment: datetime) -> int:
-    return round(moment.timestamp() * 1000)
+    """Epoch milliseconds, truncated exactly like the ``ce_time`` header."""
+    return (moment - EPOCH) // MS
 
 
 def from_ms(value: str | bytes | int) -> datetime:

@@ -63,7 +63,13 @@ class KafkaPublisher:
         self.publisher = publisher
 
     async def publish(self, message: Message, *, event_id: str, trace: TraceContext | None) -> None:
-        record = encode(message, source=SOURCE, trace=trace, event_id=event_id)
+        record = encode(
+            message,
+            source=SOURCE,
+            trace=trace,
+            event_id=event_id,
+            time=getattr(message, "occurred_at", None),
+        )
         await self.publisher.publish(record.value, key=record.key, headers=record.headers_dict())
 
 
