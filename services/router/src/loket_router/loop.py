@@ -88,6 +88,8 @@ class TransactionalLoop:
         retry_backoff_max_s: float = 5.0,
         transaction_timeout_ms: int = 60000,
         linger_ms: int = 5,
+        session_timeout_ms: int = 10000,
+        heartbeat_interval_ms: int = 3000,
         on_commit: Callable[[BatchResult], Awaitable[None]] | None = None,
     ) -> None:
         self.processor = processor
@@ -106,6 +108,8 @@ class TransactionalLoop:
         self.retry_backoff_max_s = retry_backoff_max_s
         self.transaction_timeout_ms = transaction_timeout_ms
         self.linger_ms = linger_ms
+        self.session_timeout_ms = session_timeout_ms
+        self.heartbeat_interval_ms = heartbeat_interval_ms
         self.on_commit = on_commit
         self.generation = 0
         self.assigned: set[TopicPartition] = set()
@@ -183,6 +187,8 @@ class TransactionalLoop:
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=4 * 1024 * 1024,
             metadata_max_age_ms=5000,
+            session_timeout_ms=self.session_timeout_ms,
+            heartbeat_interval_ms=self.heartbeat_interval_ms,
         )
         consumer.subscribe([self.topic], listener=_Listener(self))
         try:

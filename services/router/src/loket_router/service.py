@@ -59,6 +59,8 @@ class RouterService:
                 retry_backoff_max_s=settings.retry_backoff_max_s,
                 transaction_timeout_ms=settings.transaction_timeout_ms,
                 linger_ms=settings.producer_linger_ms,
+                session_timeout_ms=settings.consumer_session_timeout_ms,
+                heartbeat_interval_ms=settings.consumer_heartbeat_interval_ms,
             )
             for p in processors
         ]

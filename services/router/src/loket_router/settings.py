@@ -22,6 +22,9 @@ class RouterSettings(BaseServiceSettings):
     retry_backoff_max_s: float = 5.0
     transaction_timeout_ms: int = 60000
     producer_linger_ms: int = 5
+    #: Consumer group session timeout: how long a killed router keeps its partitions.
+    consumer_session_timeout_ms: int = 10000
+    consumer_heartbeat_interval_ms: int = 3000
     #: How long the router keeps a case (question, shares, markers) in Redis.
     case_ttl_days: int = 400
     #: Create the Loket topics (with ``topic_prefix``) at start-up when missing.
