@@ -1,11 +1,230 @@
-"""Routing engine: which agencies must act on a question (pure; catalog loaded once)."""
+"""Routing engine: which agencies must act on a question, and why.
+
+Pure: the only I/O is loading the packaged catalog (``data/routing_catalog.json``) once.
+How it works (see docs/routing.md):
+
+1. *Normalisation*: lower case, diacritics removed (NFKD), apostrophes dropped, every other
+   non-alphanumeric character is a separator (``ov-studentenkaart`` -> ``ov studentenkaart``).
+2. *Compound splitting* against the catalog vocabulary: a word is split into the largest
+   number of parts (each >= 3 letters) whose stems are catalog atoms, so
+   ``kinderopvangtoeslagschuld`` -> ``kinderopvang toeslag schuld``. Catalog phrases go
+   through the same function, so compound and separate spellings meet.
+3. *Light stemming* (Dutch and English): one plural/verb suffix, undoubled final consonant,
+   final ``d``/``t`` after a consonant, ``z``->``s``/``v``->``f``, collapsed double vowels.
+4. *Matching*: greedy longest phrase match over the atom sequence; stopwords in the text may
+   be skipped between phrase atoms. A name of an agency right after a negation
+   ("niet de Belastingdienst") does not count.
+5. *Scoring*: each distinct phrase adds its weight (category weight, or its own); repeats add
+   a little. Names of agencies weigh most.
+6. *Selection*: agencies whose score is a meaningful fraction of the top score (or above an
+   absolute threshold) are chosen; lead = strongest. Three or more agencies, a maatwerkloket
+   signal ("ik kom er niet meer uit") or ``vulnerable`` make maatwerkloket the lead.
+   Nothing matched: maatwerkloket, unclassified.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import math
+import re
+import unicodedata
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from loket_schemas.events import AgencyAssignment, AgencyRole
 from loket_schemas.vocabulary import AgencyCode
+
+__all__ = [
+    "CatalogError",
+    "RoutingCatalog",
+    "RoutingDecision",
+    "RoutingEngine",
+    "classify",
+    "default_engine",
+    "load_catalog",
+    "normalise",
+    "stem",
+    "tokenize",
+]
+
+MAATWERKLOKET = AgencyCode.MAATWERKLOKET
+UNCLASSIFIED_REASON = "unclassified"
+
+
+# --------------------------------------------------------------------------- catalog model
+
+
+class CatalogTerm(BaseModel):
+    """A catalog phrase with its own weight (overrides the category weight)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    phrase: str = Field(min_length=1)
+    weight: float = Field(gt=0.0, le=20.0)
+
+
+Entry = str | CatalogTerm
+
+
+class BilingualTerms(BaseModel):
+    """Phrases of one category in Dutch and English."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    nl: list[Entry] = Field(default_factory=list)
+    en: list[Entry] = Field(default_factory=list)
+
+    def entries(self) -> list[Entry]:
+        return [*self.nl, *self.en]
+
+
+class CategoryWeights(BaseModel):
+    """Default weight per category."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    names: float = Field(gt=0.0)
+    regelingen: float = Field(gt=0.0)
+    topics: float = Field(gt=0.0)
+    life_events: float = Field(gt=0.0)
+
+
+class CatalogAgency(BaseModel):
+    """What one agency is about: its names, regelingen, topics and life events."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    code: AgencyCode
+    description: str = Field(min_length=1)
+    names: list[Entry] = Field(min_length=1)
+    regelingen: BilingualTerms
+    topics: BilingualTerms
+    life_events: BilingualTerms
+
+
+class RoutingCatalog(BaseModel):
+    """The routing catalog file (validated at load; a bad file fails loudly)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_version: Literal[1]
+    description: str = ""
+    category_weights: CategoryWeights
+    stopwords: list[str]
+    negations: list[str]
+    agencies: list[CatalogAgency]
+
+    @model_validator(mode="after")
+    def _check(self) -> RoutingCatalog:
+        codes = [agency.code for agency in self.agencies]
+        duplicates = sorted({c.value for c in codes if codes.count(c) > 1})
+        if duplicates:
+            raise ValueError(f"agencies listed more than once: {duplicates}")
+        missing = sorted(c.value for c in AgencyCode if c not in codes)
+        if missing:
+            raise ValueError(f"agencies missing from the catalog: {missing}")
+        stop = {w.lower() for w in self.stopwords}
+        for agency in self.agencies:
+            for entry in _all_entries(agency):
+                phrase = entry if isinstance(entry, str) else entry.phrase
+                tokens = tokenize(phrase)
+                if not tokens:
+                    raise ValueError(f"{agency.code.value}: phrase {phrase!r} has no words")
+                if all(t in stop for t in tokens):
+                    raise ValueError(f"{agency.code.value}: phrase {phrase!r} is only stopwords")
+        return self
+
+
+def _all_entries(agency: CatalogAgency) -> list[Entry]:
+    return [
+        *agency.names,
+        *agency.regelingen.entries(),
+        *agency.topics.entries(),
+        *agency.life_events.entries(),
+    ]
+
+
+class CatalogError(RuntimeError):
+    """The routing catalog file is missing or invalid."""
+
+
+def load_catalog(path: Path | None = None) -> RoutingCatalog:
+    """Load and validate a catalog (default: the one packaged with loket_router)."""
+    try:
+        if path is None:
+            raw = (
+                resources.files("loket_router")
+                .joinpath("data", "routing_catalog.json")
+                .read_text(encoding="utf-8")
+            )
+            where = "loket_router/data/routing_catalog.json"
+        else:
+            raw = path.read_text(encoding="utf-8")
+            where = str(path)
+    except OSError as exc:
+        raise CatalogError(f"cannot read routing catalog: {exc}") from exc
+    try:
+        return RoutingCatalog.model_validate(json.loads(raw))
+    except (ValueError, ValidationError) as exc:
+        raise CatalogError(f"invalid routing catalog {where}: {exc}") from exc
+
+
+# --------------------------------------------------------------------------- text processing
+
+_APOSTROPHES = re.compile(r"['’‘`´]")
+_TOKEN = re.compile(r"[a-z0-9&]+")
+_VOWELS = frozenset("aeiouy")
+_SUFFIXES = ("ingen", "ing", "ende", "end", "en", "es", "ed", "s", "e")
+_MIN_STEM = 4
+_MIN_PART = 3
+
+
+def normalise(text: str) -> str:
+    """Lower case, without diacritics and apostrophes, punctuation as single spaces."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    stripped = "".join(ch for ch in decomposed if not unicodedata.combining(ch)).lower()
+    stripped = _APOSTROPHES.sub("", stripped)
+    return " ".join(_TOKEN.findall(stripped))
+
+
+def tokenize(text: str) -> list[str]:
+    """Normalised words of a text."""
+    return normalise(text).split()
+
+
+@lru_cache(maxsize=65536)
+def stem(word: str) -> str:
+    """Light Dutch/English stemmer: plural and verb endings, spelling alternations."""
+    if len(word) < _MIN_STEM or any(ch.isdigit() for ch in word):
+        return word
+    w = word
+    if w.endswith("ies") and len(w) > 5:
+        w = w[:-3] + "y"
+    else:
+        for suffix in _SUFFIXES:
+            if w.endswith(suffix) and len(w) - len(suffix) >= _MIN_STEM:
+                w = w[: -len(suffix)]
+                break
+    if len(w) > _MIN_STEM and w[-1] == w[-2] and w[-1] not in _VOWELS:
+        w = w[:-1]
+    if len(w) > _MIN_STEM and w[-1] in "dt" and w[-2] not in _VOWELS:
+        w = w[:-1]
+    if w.endswith("z"):
+        w = w[:-1] + "s"
+    elif w.endswith("v"):
+        w = w[:-1] + "f"
+    for vowel in "aeou":
+        w = w.replace(vowel + vowel, vowel)
+    return w
+
+
+# --------------------------------------------------------------------------- decision
 
 
 @dataclass(frozen=True)
@@ -17,17 +236,292 @@ class RoutingDecision:
     reasons: dict[str, list[str]]
     unclassified: bool
 
+    @property
+    def agencies(self) -> tuple[AgencyCode, ...]:
+        """All chosen agencies, lead first."""
+        return tuple(a.agency for a in self.assignments)
 
-def classify(text: str, *, vulnerable: bool = False) -> RoutingDecision:
-    """Route a question (temporary stub: everything goes to maatwerkloket)."""
-    lead = AgencyCode.MAATWERKLOKET
+
+@dataclass(frozen=True)
+class _Phrase:
+    agency: AgencyCode
+    atoms: tuple[str, ...]
+    label: str
+    weight: float
+    named: bool
+
+
+@dataclass
+class _Score:
+    total: float = 0.0
+    reasons: list[str] = field(default_factory=list)
+    seen: dict[tuple[str, ...], int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """Selection thresholds (tuned on the labelled set, see docs/routing.md)."""
+
+    min_top: float = 1.5  # below this nothing counts as matched
+    ratio: float = 0.4  # a further agency needs this fraction of the top score...
+    min_include: float = 2.4  # ...and at least this score
+    absolute: float = 8.0  # or this score regardless of the top
+    repeat_factor: float = 0.3  # a repeated phrase adds this fraction of its weight
+    max_repeats: int = 2
+    multi_agency: int = 3  # this many agencies -> maatwerkloket leads
+    max_agencies: int = 5  # cap on non-maatwerkloket agencies
+    confidence_scale: float = 5.0
+
+
+class RoutingEngine:
+    """Routes questions over a validated catalog."""
+
+    def __init__(self, catalog: RoutingCatalog, tuning: Tuning | None = None) -> None:
+        self.catalog = catalog
+        self.tuning = tuning or Tuning()
+        self.stopwords = frozenset(normalise(" ".join(catalog.stopwords)).split())
+        self.negations = frozenset(normalise(" ".join(catalog.negations)).split())
+        raw: list[tuple[AgencyCode, str, float, bool]] = []
+        weights = catalog.category_weights
+        for agency in catalog.agencies:
+            groups: list[tuple[Iterable[Entry], float, bool]] = [
+                (agency.names, weights.names, True),
+                (agency.regelingen.entries(), weights.regelingen, False),
+                (agency.topics.entries(), weights.topics, False),
+                (agency.life_events.entries(), weights.life_events, False),
+            ]
+            for entries, default, named in groups:
+                for entry in entries:
+                    if isinstance(entry, str):
+                        raw.append((agency.code, entry, default, named))
+                    else:
+                        raw.append((agency.code, entry.phrase, entry.weight, named))
+        # Vocabulary of atoms: stems of every catalog word except stopwords and negations.
+        self.vocabulary = frozenset(
+            stem(token)
+            for _, phrase, _, _ in raw
+            for token in tokenize(phrase)
+            if token not in self.stopwords and token not in self.negations
+        )
+        self._split_cache: dict[str, tuple[str, ...]] = {}
+        best: dict[tuple[AgencyCode, tuple[str, ...]], _Phrase] = {}
+        for code, phrase, weight, named in raw:
+            atoms = tuple(self.atoms(phrase))
+            key = (code, atoms)
+            current = best.get(key)
+            if current is None or weight > current.weight:
+                best[key] = _Phrase(code, atoms, phrase, weight, named)
+        self.index: dict[str, list[_Phrase]] = {}
+        for phrase_obj in best.values():
+            self.index.setdefault(phrase_obj.atoms[0], []).append(phrase_obj)
+        for bucket in self.index.values():
+            bucket.sort(key=lambda p: -len(p.atoms))
+
+    # ----------------------------------------------------------------- text -> atoms
+
+    def split_compound(self, word: str) -> tuple[str, ...]:
+        """Stemmed atoms of one normalised word, split against the catalog vocabulary."""
+        cached = self._split_cache.get(word)
+        if cached is not None:
+            return cached
+        result = self._split(word)
+        if len(self._split_cache) < 200_000:
+            self._split_cache[word] = result
+        return result
+
+    def _split(self, word: str) -> tuple[str, ...]:
+        whole = (stem(word),)
+        n = len(word)
+        if n < 2 * _MIN_PART or word in self.stopwords or any(ch.isdigit() for ch in word):
+            return whole
+        # best[i] = the split of word[:i] with the most parts (None: not splittable).
+        best: list[tuple[str, ...] | None] = [None] * (n + 1)
+        best[0] = ()
+        for end in range(_MIN_PART, n + 1):
+            candidate: tuple[str, ...] | None = None
+            for start in range(0, end - _MIN_PART + 1):
+                prefix = best[start]
+                if prefix is None:
+                    continue
+                part = stem(word[start:end])
+                if part not in self.vocabulary:
+                    continue
+                option = (*prefix, part)
+                if candidate is None or len(option) > len(candidate):
+                    candidate = option
+            best[end] = candidate
+        split = best[n]
+        if split is None or len(split) < 2:
+            return whole
+        return split
+
+    def atoms(self, text: str) -> list[str]:
+        """The atom sequence of a text: normalised, compound-split, stemmed."""
+        out: list[str] = []
+        for token in tokenize(text):
+            if token in self.stopwords or token in self.negations:
+                out.append(token)
+            else:
+                out.extend(self.split_compound(token))
+        return out
+
+    # ----------------------------------------------------------------- matching
+
+    def _match_at(self, atoms: Sequence[str], i: int) -> tuple[list[_Phrase], int]:
+        """Longest phrases starting at atoms[i]; returns them and the end position."""
+        bucket = self.index.get(atoms[i])
+        if not bucket:
+            return [], i + 1
+        best_len = 0
+        best_end = i + 1
+        found: list[_Phrase] = []
+        for phrase in bucket:
+            if len(phrase.atoms) < best_len:
+                break
+            end = self._phrase_end(atoms, i, phrase.atoms)
+            if end is None:
+                continue
+            if len(phrase.atoms) > best_len:
+                best_len, best_end, found = len(phrase.atoms), end, [phrase]
+            else:
+                found.append(phrase)
+        return found, best_end
+
+    def _phrase_end(self, atoms: Sequence[str], i: int, want: tuple[str, ...]) -> int | None:
+        j = i
+        skips = 0
+        for k, atom in enumerate(want):
+            while j < len(atoms) and atoms[j] != atom:
+                # Stopwords in the text may be skipped between phrase atoms (not before the first).
+                if k == 0 or atoms[j] not in self.stopwords or skips >= 2:
+                    return None
+                skips += 1
+                j += 1
+            if j >= len(atoms):
+                return None
+            j += 1
+        return j
+
+    def _negated(self, atoms: Sequence[str], i: int) -> bool:
+        j = i - 1
+        while j >= 0 and atoms[j] in self.stopwords:
+            j -= 1
+        return j >= 0 and atoms[j] in self.negations
+
+    def scores(self, text: str) -> dict[AgencyCode, _Score]:
+        """Score every agency for a text (with reasons)."""
+        atoms = self.atoms(text)
+        scores: dict[AgencyCode, _Score] = {}
+        tuning = self.tuning
+        i = 0
+        while i < len(atoms):
+            found, end = self._match_at(atoms, i)
+            for phrase in found:
+                if phrase.named and self._negated(atoms, i):
+                    continue
+                score = scores.setdefault(phrase.agency, _Score())
+                seen = score.seen.get(phrase.atoms, 0)
+                if seen == 0:
+                    score.total += phrase.weight
+                    suffix = " (named)" if phrase.named else ""
+                    score.reasons.append(f"{phrase.label}{suffix} -> {phrase.agency.value}")
+                elif seen <= tuning.max_repeats:
+                    score.total += phrase.weight * tuning.repeat_factor
+                score.seen[phrase.atoms] = seen + 1
+            i = end if found else i + 1
+        return scores
+
+    # ----------------------------------------------------------------- decision
+
+    def _confidence(self, score: float) -> float:
+        return round(1.0 - math.exp(-score / self.tuning.confidence_scale), 3)
+
+    def classify(self, text: str, *, vulnerable: bool = False) -> RoutingDecision:
+        """Route one question."""
+        tuning = self.tuning
+        scores = self.scores(text)
+        ranked = sorted(
+            ((code, s) for code, s in scores.items()),
+            key=lambda item: (-item[1].total, item[0].value),
+        )
+        if not ranked or ranked[0][1].total < tuning.min_top:
+            return _unclassified()
+        top = ranked[0][1].total
+        chosen = [
+            (code, s)
+            for code, s in ranked
+            if (s.total >= tuning.ratio * top and s.total >= tuning.min_include)
+            or s.total >= tuning.absolute
+            or s is ranked[0][1]
+        ]
+        mw_signal = next((s for code, s in chosen if code is MAATWERKLOKET), None)
+        others = [(code, s) for code, s in chosen if code is not MAATWERKLOKET]
+        others = others[: tuning.max_agencies]
+        reasons: dict[str, list[str]] = {}
+        mw_reasons: list[str] = []
+        if mw_signal is not None:
+            mw_reasons.extend(mw_signal.reasons)
+        if len(others) >= tuning.multi_agency:
+            mw_reasons.append(f"{len(others)} agencies needed -> maatwerkloket")
+        if vulnerable:
+            mw_reasons.append("vulnerable -> maatwerkloket")
+        assignments: list[AgencyAssignment] = []
+        if mw_reasons:
+            confidence = (
+                1.0
+                if vulnerable or len(others) >= tuning.multi_agency
+                else self._confidence(mw_signal.total if mw_signal else 0.0)
+            )
+            assignments.append(
+                AgencyAssignment(
+                    agency=MAATWERKLOKET,
+                    role=AgencyRole.LEAD,
+                    reasons=mw_reasons,
+                    confidence=confidence,
+                )
+            )
+            reasons[MAATWERKLOKET.value] = mw_reasons
+        for code, s in others:
+            role = AgencyRole.LEAD if not assignments else AgencyRole.SUPPORTING
+            assignments.append(
+                AgencyAssignment(
+                    agency=code,
+                    role=role,
+                    reasons=list(s.reasons),
+                    confidence=self._confidence(s.total),
+                )
+            )
+            reasons[code.value] = list(s.reasons)
+        return RoutingDecision(
+            lead=assignments[0].agency,
+            assignments=tuple(assignments),
+            reasons=reasons,
+            unclassified=False,
+        )
+
+
+def _unclassified() -> RoutingDecision:
     return RoutingDecision(
-        lead=lead,
+        lead=MAATWERKLOKET,
         assignments=(
             AgencyAssignment(
-                agency=lead, role=AgencyRole.LEAD, reasons=["unclassified"], confidence=0.0
+                agency=MAATWERKLOKET,
+                role=AgencyRole.LEAD,
+                reasons=[UNCLASSIFIED_REASON],
+                confidence=0.0,
             ),
         ),
-        reasons={lead.value: ["unclassified"]},
+        reasons={MAATWERKLOKET.value: [UNCLASSIFIED_REASON]},
         unclassified=True,
     )
+
+
+@lru_cache(maxsize=1)
+def default_engine() -> RoutingEngine:
+    """The engine over the packaged catalog (loaded once)."""
+    return RoutingEngine(load_catalog())
+
+
+def classify(text: str, *, vulnerable: bool = False) -> RoutingDecision:
+    """Route a question: the agencies that must act, lead first, with explanations."""
+    return default_engine().classify(text, vulnerable=vulnerable)
