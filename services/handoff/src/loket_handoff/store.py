@@ -36,6 +36,7 @@ import json
 import secrets
 import statistics
 from collections.abc import Iterable, Sequence
+from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -332,8 +333,15 @@ class Applied:
     route_seq: int | None = None
 
 
+_HELD: ContextVar[frozenset[str]] = ContextVar("handoff_case_locks_held", default=frozenset())
+
+
 class CaseLock:
-    """A short Redis lock per case (SET NX PX + token; released by compare-and-delete)."""
+    """A short Redis lock per case (SET NX PX + token; released by compare-and-delete).
+
+    Re-entrant within one asyncio context: a handler that already holds the case lock
+    (e.g. an in-memory test broker delivering our own publish synchronously) re-enters.
+    """
 
     _RELEASE = (
         "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) "
@@ -346,8 +354,15 @@ class CaseLock:
         self.ttl_ms = ttl_ms
         self.wait_s = wait_s
         self.token = secrets.token_hex(8)
+        self._reentered = False
+        self._token_ctx: Token[frozenset[str]] | None = None
 
     async def __aenter__(self) -> CaseLock:
+        held = _HELD.get()
+        if self.key in held:
+            self._reentered = True
+            return self
+        self._reentered = False
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.wait_s
         delay = 0.002
@@ -356,9 +371,14 @@ class CaseLock:
                 raise CaseBusy(f"case lock {self.key} busy for {self.wait_s}s")
             await asyncio.sleep(delay)  # lock held by another decider; poll with backoff
             delay = min(delay * 2, 0.05)
+        self._token_ctx = _HELD.set(held | {self.key})
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        if self._reentered:
+            return
+        if self._token_ctx is not None:
+            _HELD.reset(self._token_ctx)
         await self.redis.eval(self._RELEASE, 1, self.key, self.token)
 
 
