@@ -8,6 +8,7 @@ import logging
 
 import httpx
 import pytest
+import structlog
 from fastapi import FastAPI
 
 from loket_runtime.health import health_router, new_registry
@@ -88,3 +89,4 @@ def test_json_logging(capsys: pytest.CaptureFixture[str]) -> None:
         assert rec["timestamp"].endswith("Z")
     finally:
         root.handlers, root.level = saved
+        structlog.reset_defaults()
