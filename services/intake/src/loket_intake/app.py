@@ -33,10 +33,14 @@ def create_app(settings: IntakeSettings | None = None) -> FastAPI:
     )
     runtime.install(app)
     app.state.publishers = pubs
+    questions = publishers.FastStreamPublisher(pubs.questions, settings.publish_timeout_s)
+    consent = publishers.FastStreamPublisher(pubs.consent, settings.publish_timeout_s)
+    runtime.on_shutdown(questions.close)
+    runtime.on_shutdown(consent.close)
     app.state.deps = handlers.Deps(
         store=RedisIntakeStore(runtime.redis, settings.redis_key_prefix),
-        questions=publishers.FastStreamPublisher(pubs.questions, settings.publish_timeout_s),
-        consent=publishers.FastStreamPublisher(pubs.consent, settings.publish_timeout_s),
+        questions=questions,
+        consent=consent,
         pseudonym_key=settings.pseudonym_key.get_secret_value(),
         status_public_url=settings.handoff_public_url,
         idempotency_wait_s=settings.idempotency_wait_s,

@@ -33,6 +33,11 @@ class Retryable(IntakeError):
 class PublishFailed(Retryable):
     code = "kafka_unavailable"
 
+    def __init__(self, message: str, *, in_flight: bool = False) -> None:
+        super().__init__(message)
+        #: True when the record may still be delivered (the producer keeps retrying).
+        self.in_flight = in_flight
+
 
 class StoreUnavailable(Retryable):
     code = "redis_unavailable"

@@ -79,6 +79,11 @@ async def _publish(publisher: EventPublisher, message: Message, record: KafkaRec
         await publisher.publish(record)
     except asyncio.CancelledError:
         raise
+    except TimeoutError as exc:
+        log.warning("publish_timeout", event_type=message.EVENT_TYPE, case_id=message.case_id)
+        raise PublishFailed(
+            "Kafka did not acknowledge the event in time; retry later", in_flight=True
+        ) from exc
     except Exception as exc:
         log.warning(
             "publish_failed",
@@ -179,7 +184,7 @@ async def submit_question(
     record = encode(event, source=SOURCE, trace=trace, event_id=question_event_id(case_id))
     try:
         await _publish(deps.questions, event, record)
-    except PublishFailed:
+    except PublishFailed as exc:
         if idempotency is not None:
             # Keep case id and reference: a retry with this key republishes the same event.
             failed = IdempotencyRecord(
@@ -190,7 +195,9 @@ async def submit_question(
                 received_at=received_at.isoformat(),
             )
             await _settle_quietly(deps, idempotency, token, failed)
-        else:
+        elif not exc.in_flight:
+            # Definitely not written: free the reference. (A timed-out record is still
+            # queued in the producer and may land later: its case record stays.)
             await _release_quietly(deps, reference, case_id)
         raise
 
