@@ -136,7 +136,8 @@ class RoutingCatalog(BaseModel):
                 tokens = tokenize(phrase)
                 if not tokens:
                     raise ValueError(f"{agency.code.value}: phrase {phrase!r} has no words")
-                if all(t in stop for t in tokens):
+                if len(tokens) < 3 and all(t in stop for t in tokens):
+                    # Short stopword-only phrases would match filler words everywhere.
                     raise ValueError(f"{agency.code.value}: phrase {phrase!r} is only stopwords")
         return self
 
@@ -183,6 +184,27 @@ _VOWELS = frozenset("aeiouy")
 _SUFFIXES = ("ingen", "ing", "ende", "end", "en", "es", "ed", "s", "e")
 _MIN_STEM = 4
 _MIN_PART = 3
+_MIN_FUZZY = 6
+
+
+def _deletions(word: str) -> set[str]:
+    return {word[:i] + word[i + 1 :] for i in range(len(word))}
+
+
+def _one_edit(a: str, b: str) -> bool:
+    """True if a and b differ by one insertion, deletion, substitution or transposition."""
+    if a == b or abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) > len(b):
+        a, b = b, a
+    i = 0
+    while i < len(a) and a[i] == b[i]:
+        i += 1
+    if len(a) < len(b):
+        return a[i:] == b[i + 1 :]
+    return a[i + 1 :] == b[i + 1 :] or (
+        i + 1 < len(a) and a[i] == b[i + 1] and a[i + 1] == b[i] and a[i + 2 :] == b[i + 2 :]
+    )
 
 
 def normalise(text: str) -> str:
@@ -264,8 +286,8 @@ class Tuning:
 
     min_top: float = 1.5  # below this nothing counts as matched
     ratio: float = 0.4  # a further agency needs this fraction of the top score...
-    min_include: float = 2.4  # ...and at least this score
-    absolute: float = 8.0  # or this score regardless of the top
+    min_include: float = 2.5  # ...and at least this score
+    absolute: float = 4.0  # or this score regardless of the top
     repeat_factor: float = 0.3  # a repeated phrase adds this fraction of its weight
     max_repeats: int = 2
     multi_agency: int = 3  # this many agencies -> maatwerkloket leads
@@ -303,6 +325,18 @@ class RoutingEngine:
             for token in tokenize(phrase)
             if token not in self.stopwords and token not in self.negations
         )
+        # Three-letter compound parts are only accepted when they are a phrase of their own
+        # (abbreviations such as btw, aow, woz), so "permit" is not "per" + "mit".
+        self.short_atoms = frozenset(
+            words[0]
+            for _, phrase, _, _ in raw
+            if len(words := [stem(t) for t in tokenize(phrase)]) == 1 and len(words[0]) == 3
+        )
+        self._fuzzy: dict[str, set[str]] = {}
+        for atom in self.vocabulary:
+            if len(atom) >= _MIN_FUZZY:
+                for variant in _deletions(atom):
+                    self._fuzzy.setdefault(variant, set()).add(atom)
         self._split_cache: dict[str, tuple[str, ...]] = {}
         best: dict[tuple[AgencyCode, tuple[str, ...]], _Phrase] = {}
         for code, phrase, weight, named in raw:
@@ -311,8 +345,22 @@ class RoutingEngine:
             current = best.get(key)
             if current is None or weight > current.weight:
                 best[key] = _Phrase(code, atoms, phrase, weight, named)
-        self.index: dict[str, list[_Phrase]] = {}
+        by_agency: dict[AgencyCode, list[_Phrase]] = {}
         for phrase_obj in best.values():
+            by_agency.setdefault(phrase_obj.agency, []).append(phrase_obj)
+        for phrases in by_agency.values():
+            for i, longer in enumerate(phrases):
+                inner = [
+                    p.weight
+                    for p in phrases
+                    if len(p.atoms) < len(longer.atoms) and _contains(longer.atoms, p.atoms)
+                ]
+                if inner and max(inner) > longer.weight:
+                    phrases[i] = _Phrase(
+                        longer.agency, longer.atoms, longer.label, max(inner), longer.named
+                    )
+        self.index: dict[str, list[_Phrase]] = {}
+        for phrase_obj in (p for phrases in by_agency.values() for p in phrases):
             self.index.setdefault(phrase_obj.atoms[0], []).append(phrase_obj)
         for bucket in self.index.values():
             bucket.sort(key=lambda p: -len(p.atoms))
@@ -329,7 +377,7 @@ class RoutingEngine:
             self._split_cache[word] = result
         return result
 
-    def _split(self, word: str) -> tuple[str, ...]:
+    def _split(self, word: str, *, fuzzy: bool = True) -> tuple[str, ...]:
         whole = (stem(word),)
         n = len(word)
         if n < 2 * _MIN_PART or word in self.stopwords or any(ch.isdigit() for ch in word):
@@ -344,16 +392,34 @@ class RoutingEngine:
                 if prefix is None:
                     continue
                 part = stem(word[start:end])
-                if part not in self.vocabulary:
+                if part not in self.vocabulary or (
+                    end - start == _MIN_PART and part not in self.short_atoms
+                ):
                     continue
                 option = (*prefix, part)
                 if candidate is None or len(option) > len(candidate):
                     candidate = option
             best[end] = candidate
         split = best[n]
-        if split is None or len(split) < 2:
-            return whole
-        return split
+        if split is not None and len(split) >= 2:
+            return split
+        if fuzzy and whole[0] not in self.vocabulary and len(whole[0]) >= _MIN_FUZZY:
+            corrected = self._correct(whole[0])
+            if corrected is not None:
+                # A typo of a catalog word: use that word (split like the catalog does).
+                parts = self._split(corrected, fuzzy=False)
+                return parts if len(parts) > 1 else (corrected,)
+        return whole
+
+    def _correct(self, atom: str) -> str | None:
+        """The catalog atom one typo away from ``atom`` (same first letter), if unambiguous."""
+        candidates: set[str] = set()
+        for variant in (atom, *_deletions(atom)):
+            candidates |= self._fuzzy.get(variant, set())
+        candidates = {c for c in candidates if c[0] == atom[0] and _one_edit(atom, c)}
+        if len(candidates) == 1:
+            return next(iter(candidates))
+        return None
 
     def atoms(self, text: str) -> list[str]:
         """The atom sequence of a text: normalised, compound-split, stemmed."""
@@ -498,6 +564,11 @@ class RoutingEngine:
             reasons=reasons,
             unclassified=False,
         )
+
+
+def _contains(haystack: tuple[str, ...], needle: tuple[str, ...]) -> bool:
+    n = len(needle)
+    return any(haystack[i : i + n] == needle for i in range(len(haystack) - n + 1))
 
 
 def _unclassified() -> RoutingDecision:
