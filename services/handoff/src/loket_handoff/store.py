@@ -10,9 +10,9 @@ must fit in 1.5 GB, see docs/benchmarks.md):
 ==========================  =========  ====================================================
 key                          type       content
 ==========================  =========  ====================================================
-``P h:<handoff_id>``         hash       one handoff (short fields, see ``_H``)
+``P h:<handoff_id>``         hash       one handoff (short fields, see ``encode_handoff``)
 ``P c:<case_id>``            hash       case: owner, reference, initiative, declines, ...
-``P tl:<case_id>``           list       case timeline: one compact JSON entry per event;
+``P tl:<case_id>``           string     case timeline: one compact JSON line per event;
                                         also the applied-event log (idempotence by event id)
 ``P timers``                 zset       handoff id -> epoch of its next SLA timer
 ``P inflight``               zset       claimed timers -> lease expiry (crash recovery)
@@ -35,6 +35,7 @@ import asyncio
 import json
 import secrets
 import statistics
+import uuid
 from collections.abc import Iterable, Sequence
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
@@ -44,7 +45,14 @@ from typing import Any
 from redis.asyncio import Redis
 
 from loket_handoff.businesshours import SlaCalendar
-from loket_handoff.domain import Case, Handoff, HandoffState, Projection, evolve
+from loket_handoff.domain import (
+    Case,
+    Handoff,
+    HandoffState,
+    Projection,
+    evolve,
+    initiative_owner,
+)
 from loket_handoff.errors import CaseBusy
 from loket_schemas.events import (
     AgencyRole,
@@ -61,6 +69,7 @@ from loket_schemas.events import (
     HandoffSlaBreached,
     HandoffSlaWarning,
     Message,
+    RouteCause,
 )
 from loket_schemas.vocabulary import AgencyCode, Urgency
 
@@ -116,6 +125,60 @@ def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def pack_id(value: str) -> bytes:
+    """Compact id for Redis keys and members: a canonical UUID as its 16 raw bytes.
+
+    Other ids stay UTF-8; one that happens to be 16 bytes long gets a ``~`` prefix so
+    unpacking is unambiguous.
+    """
+    try:
+        parsed = uuid.UUID(value)
+    except ValueError:
+        parsed = None
+    if parsed is not None and str(parsed) == value:
+        return parsed.bytes
+    raw = value.encode()
+    return b"~" + raw if len(raw) == 16 or raw.startswith(b"~") else raw
+
+
+def unpack_id(raw: Any) -> str:
+    data: bytes = raw.encode("latin-1") if isinstance(raw, str) else bytes(raw)
+    if len(data) == 16:
+        return str(uuid.UUID(bytes=data))
+    return data[1:].decode() if data.startswith(b"~") else data.decode()
+
+
+def pack_ids(values: Iterable[str]) -> bytes:
+    out = bytearray()
+    for value in values:
+        packed = pack_id(value)
+        out.append(len(packed))
+        out += packed
+    return bytes(out)
+
+
+def unpack_ids(raw: bytes | None) -> list[str]:
+    out: list[str] = []
+    i = 0
+    data = raw or b""
+    while i < len(data):
+        n = data[i]
+        out.append(unpack_id(data[i + 1 : i + 1 + n]))
+        i += 1 + n
+    return out
+
+
+def split_timeline(blob: bytes | str | None) -> list[bytes]:
+    """Timeline entries from the timeline string (one compact JSON object per line).
+
+    A string with APPEND is far smaller than a list for a handful of entries per case.
+    """
+    if not blob:
+        return []
+    data = blob.encode() if isinstance(blob, str) else blob
+    return [line for line in data.split(b"\n") if line]
+
+
 def short_id(event_id: str) -> str:
     """The part of an event id kept in the timeline for idempotence (64 bits of a UUID)."""
     return event_id.replace("-", "")[:16]
@@ -126,7 +189,7 @@ def short_id(event_id: str) -> str:
 
 def encode_handoff(h: Handoff) -> dict[Any, Any]:
     out: dict[Any, Any] = {
-        "c": h.case_id,
+        "c": pack_id(h.case_id),
         "a": h.agency.value,
         "r": _ROLE[h.role],
         "s": _STATE[h.state],
@@ -159,14 +222,16 @@ def encode_handoff(h: Handoff) -> dict[Any, Any]:
 
 
 def decode_handoff(handoff_id: str, raw: dict[Any, Any]) -> Handoff:
-    d = {_s(k): _s(v) for k, v in raw.items()}
+    d = {_s(k): v for k, v in raw.items()}
+    case_id = unpack_id(d.pop("c"))
+    d = {k: _s(v) for k, v in d.items()}
 
     def opt_dt(key: str) -> datetime | None:
         return from_ms(d[key]) if key in d else None
 
     return Handoff(
         handoff_id=handoff_id,
-        case_id=d["c"],
+        case_id=case_id,
         agency=AgencyCode(d["a"]),
         role=_ROLE_BACK[d["r"]],
         state=_STATE_BACK[d["s"]],
@@ -191,35 +256,42 @@ def decode_handoff(handoff_id: str, raw: dict[Any, Any]) -> Handoff:
 
 
 def encode_case(c: Case, handoff_ids: Iterable[str]) -> dict[Any, Any]:
-    return {
+    out: dict[Any, Any] = {
         "r": c.reference,
         "i": c.initiative_id,
-        "o": c.owner,
         "l": c.lead.value,
         "u": _URG[c.urgency],
-        "db": ",".join(a.value for a in c.declined_by),
-        "dc": str(c.decline_count),
         "rc": str(c.route_count),
-        "e": str(c.escalations),
-        "h": ",".join(handoff_ids),
+        "h": pack_ids(handoff_ids),
     }
+    if c.owner != initiative_owner(c.initiative_id):
+        out["o"] = c.owner
+    if c.declined_by:
+        out["db"] = ",".join(a.value for a in c.declined_by)
+    if c.decline_count:
+        out["dc"] = str(c.decline_count)
+    if c.escalations:
+        out["e"] = str(c.escalations)
+    return out
 
 
 def decode_case(case_id: str, raw: dict[Any, Any]) -> tuple[Case, list[str]]:
-    d = {_s(k): _s(v) for k, v in raw.items()}
+    d = {_s(k): v for k, v in raw.items()}
+    handoff_ids = unpack_ids(d.pop("h", None))
+    d = {k: _s(v) for k, v in d.items()}
     case = Case(
         case_id=case_id,
         reference=d["r"],
         initiative_id=d["i"],
-        owner=d["o"],
+        owner=d.get("o") or initiative_owner(d["i"]),
         lead=AgencyCode(d["l"]),
         urgency=_URG_BACK[d["u"]],
-        declined_by=tuple(AgencyCode(a) for a in d["db"].split(",") if a),
-        decline_count=int(d["dc"]),
-        route_count=int(d["rc"]),
-        escalations=int(d["e"]),
+        declined_by=tuple(AgencyCode(a) for a in d.get("db", "").split(",") if a),
+        decline_count=int(d.get("dc", 0)),
+        route_count=int(d.get("rc", 0)),
+        escalations=int(d.get("e", 0)),
     )
-    return case, [h for h in d.get("h", "").split(",") if h]
+    return case, handoff_ids
 
 
 @dataclass(frozen=True)
@@ -233,25 +305,30 @@ class TimelineEntry:
     handoff_id: str | None = None
     detail: dict[str, Any] = field(default_factory=dict)
 
-    def to_json(self) -> str:
+    def to_json(self, handoff_index: dict[str, int] | None = None) -> str:
+        """Compact JSON; the handoff is stored as its index in the case's handoff list."""
         body: dict[str, Any] = {"i": short_id(self.event_id), "k": self.kind, "t": ms(self.at)}
         if self.agency:
             body["a"] = self.agency
         if self.handoff_id:
-            body["h"] = self.handoff_id
+            index = (handoff_index or {}).get(self.handoff_id)
+            body["h"] = index if index is not None else self.handoff_id
         if self.detail:
             body["d"] = self.detail
         return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
 
     @classmethod
-    def from_json(cls, raw: str | bytes) -> TimelineEntry:
+    def from_json(cls, raw: str | bytes, handoff_ids: list[str] | None = None) -> TimelineEntry:
         body = json.loads(raw)
+        ref = body.get("h")
+        if isinstance(ref, int):
+            ref = handoff_ids[ref] if handoff_ids and 0 <= ref < len(handoff_ids) else None
         return cls(
             event_id=body["i"],
             kind=body["k"],
             at=from_ms(body["t"]),
             agency=body.get("a"),
-            handoff_id=body.get("h"),
+            handoff_id=ref,
             detail=body.get("d", {}),
         )
 
@@ -263,14 +340,17 @@ def timeline_entry(event: Message, event_id: str, at: datetime, route_seq: int |
     agency = getattr(event, "agency", None)
     detail: dict[str, Any] = {}
     if isinstance(event, CaseRouted):
-        detail = {
-            "cause": event.cause.value,
-            "lead": event.lead.value,
-            "agencies": [a.agency.value for a in event.assignments],
-            "seq": route_seq,
-        }
+        # compact: the lead is the entry's agency; cause and agencies only when not obvious
+        agency = event.lead
+        detail = {"seq": route_seq}
+        if event.cause is not RouteCause.INITIAL:
+            detail["cause"] = event.cause.value
+        agencies = [a.agency.value for a in event.assignments]
+        if agencies != [event.lead.value]:
+            detail["agencies"] = agencies
     elif isinstance(event, HandoffOffered):
-        detail = {"role": event.role.value, "due": ms(event.accept_due_at)}
+        if event.role is not AgencyRole.LEAD:
+            detail = {"role": event.role.value}
     elif isinstance(event, HandoffAccepted):
         detail = {"contact": event.contact.name}
         if event.expected_by:
@@ -427,6 +507,10 @@ return #stale
     def k(self, *parts: str) -> str:
         return self.p + ":".join(parts)
 
+    def kid(self, kind: str, ident: str) -> bytes:
+        """Key of one case/handoff: prefix, kind and the packed id (binary, compact)."""
+        return f"{self.p}{kind}:".encode() + pack_id(ident)
+
     @property
     def timers_key(self) -> str:
         return self.k("timers")
@@ -450,9 +534,10 @@ return #stale
 
     async def load(self, case_id: str) -> LoadedCase:
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hgetall(self.k("c", case_id))
-        pipe.lrange(self.k("tl", case_id), 0, -1)
-        raw_case, raw_timeline = await pipe.execute()
+        pipe.hgetall(self.kid("c", case_id))
+        pipe.get(self.kid("tl", case_id))
+        raw_case, raw_blob = await pipe.execute()
+        raw_timeline = split_timeline(raw_blob)
         projection = Projection()
         applied: set[str] = set()
         seqs: dict[str, int] = {}
@@ -467,18 +552,18 @@ return #stale
             if ids:
                 pipe = self.redis.pipeline(transaction=False)
                 for hid in ids:
-                    pipe.hgetall(self.k("h", hid))
+                    pipe.hgetall(self.kid("h", hid))
                 for hid, raw in zip(ids, await pipe.execute(), strict=True):
                     if raw:
                         projection.handoffs[hid] = decode_handoff(hid, raw)
         return LoadedCase(projection, applied, seqs)
 
     async def get_handoff(self, handoff_id: str) -> Handoff | None:
-        raw = await self.redis.hgetall(self.k("h", handoff_id))
+        raw = await self.redis.hgetall(self.kid("h", handoff_id))
         return decode_handoff(handoff_id, raw) if raw else None
 
     async def get_case(self, case_id: str) -> Case | None:
-        raw = await self.redis.hgetall(self.k("c", case_id))
+        raw = await self.redis.hgetall(self.kid("c", case_id))
         return decode_case(case_id, raw)[0] if raw else None
 
     # ------------------------------------------------------------------ apply
@@ -527,13 +612,14 @@ return #stale
         case_id = case.case_id if case else new[0][1].case_id
         pipe = self.redis.pipeline(transaction=True)
         if case is not None:
-            pipe.hset(self.k("c", case_id), mapping=encode_case(case, projection.handoffs))
+            pipe.hset(self.kid("c", case_id), mapping=encode_case(case, projection.handoffs))
             if case_before is None:
-                pipe.hset(self.k("refs"), case.reference, case_id)
+                pipe.hset(self.k("refs"), case.reference, pack_id(case_id))
         for hid, handoff in projection.handoffs.items():
             if before.get(hid) != handoff:
                 self._write_handoff(pipe, handoff, before.get(hid))
-        pipe.rpush(self.k("tl", case_id), *(e.to_json() for e in entries))
+        index = {hid: i for i, hid in enumerate(projection.handoffs)}
+        pipe.append(self.kid("tl", case_id), "".join(e.to_json(index) + "\n" for e in entries))
         for name, n in stats.items():
             pipe.hincrby(self.k("stats"), name, n)
         if latencies:
@@ -546,8 +632,8 @@ return #stale
         return Applied(new, route_seq)
 
     def _write_handoff(self, pipe: Any, h: Handoff, old: Handoff | None) -> None:
-        hid = h.handoff_id
-        key = self.k("h", hid)
+        hid = pack_id(h.handoff_id)
+        key = self.kid("h", h.handoff_id)
         if old is not None:
             pipe.delete(key)
         pipe.hset(key, mapping=encode_handoff(h))
@@ -585,18 +671,18 @@ return #stale
         members = await self._claim(
             keys=[self.timers_key, self.k("inflight")], args=[t, limit, t + lease_s]
         )
-        return [_s(m) for m in members]
+        return [unpack_id(m) for m in members]
 
     async def release(self, handoff_id: str) -> None:
         """A claimed timer was handled: drop its lease (apply has rescheduled it)."""
-        await self.redis.zrem(self.k("inflight"), handoff_id)
+        await self.redis.zrem(self.k("inflight"), pack_id(handoff_id))
 
     async def reschedule(self, handoff: Handoff) -> None:
         nxt = handoff.next_timer()
         pipe = self.redis.pipeline(transaction=True)
         if nxt is not None:
-            pipe.zadd(self.timers_key, {handoff.handoff_id: ms(nxt) / 1000})
-        pipe.zrem(self.k("inflight"), handoff.handoff_id)
+            pipe.zadd(self.timers_key, {pack_id(handoff.handoff_id): ms(nxt) / 1000})
+        pipe.zrem(self.k("inflight"), pack_id(handoff.handoff_id))
         await pipe.execute()
 
     async def reap_leases(self, now: datetime) -> int:
@@ -611,7 +697,7 @@ return #stale
             return []
         pipe = self.redis.pipeline(transaction=False)
         for hid in ids:
-            pipe.hgetall(self.k("h", hid))
+            pipe.hgetall(self.kid("h", hid))
         return [
             decode_handoff(hid, raw)
             for hid, raw in zip(ids, await pipe.execute(), strict=True)
@@ -639,13 +725,13 @@ return #stale
         else:
             raise ValueError("agency or initiative_id is required")
         if state is None:
-            ids = [_s(m) for m in await self.redis.zrange(key, offset, offset + limit - 1)]
+            ids = [unpack_id(m) for m in await self.redis.zrange(key, offset, offset + limit - 1)]
             return await self._handoffs(ids)
         out: list[Handoff] = []
         start = 0
         page = max(limit, 200)
         while len(out) < offset + limit:
-            ids = [_s(m) for m in await self.redis.zrange(key, start, start + page - 1)]
+            ids = [unpack_id(m) for m in await self.redis.zrange(key, start, start + page - 1)]
             if not ids:
                 break
             out.extend(h for h in await self._handoffs(ids) if h.state is state)
@@ -657,7 +743,7 @@ return #stale
     ) -> list[Handoff]:
         """The most recently closed handoffs of an agency (declined/resolved/escalated)."""
         key = self.k("ca", AgencyCode(agency).value)
-        ids = [_s(m) for m in await self.redis.zrevrange(key, 0, CLOSED_KEEP - 1)]
+        ids = [unpack_id(m) for m in await self.redis.zrevrange(key, 0, CLOSED_KEEP - 1)]
         found = [h for h in await self._handoffs(ids) if state is None or h.state is state]
         return found[:limit]
 
@@ -680,12 +766,12 @@ return #stale
 
     async def at_risk(self, limit: int = 100) -> list[Handoff]:
         """Open handoffs past 75% of their SLA (not yet breached), soonest due first."""
-        ids = [_s(m) for m in await self.redis.zrange(self.k("risk"), 0, limit - 1)]
+        ids = [unpack_id(m) for m in await self.redis.zrange(self.k("risk"), 0, limit - 1)]
         return await self._handoffs(ids)
 
     async def breached(self, limit: int = 100) -> list[Handoff]:
         """Open handoffs whose SLA ran out (oldest due first)."""
-        ids = [_s(m) for m in await self.redis.zrange(self.k("breached"), 0, limit - 1)]
+        ids = [unpack_id(m) for m in await self.redis.zrange(self.k("breached"), 0, limit - 1)]
         return await self._handoffs(ids)
 
     async def stats(self) -> dict[str, int]:
@@ -734,12 +820,16 @@ return #stale
 
     async def timeline(self, case_id: str) -> list[TimelineEntry]:
         """Every event of a case in order (routing, offers, responses, SLA, consent)."""
-        raw = await self.redis.lrange(self.k("tl", case_id), 0, -1)
-        return [TimelineEntry.from_json(r) for r in raw]
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hget(self.kid("c", case_id), "h")
+        pipe.get(self.kid("tl", case_id))
+        packed, blob = await pipe.execute()
+        ids = unpack_ids(packed)
+        return [TimelineEntry.from_json(r, ids) for r in split_timeline(blob)]
 
     async def case_view(self, case_id: str) -> tuple[Case, list[Handoff]] | None:
         """A case with all its handoffs (open and closed)."""
-        raw = await self.redis.hgetall(self.k("c", case_id))
+        raw = await self.redis.hgetall(self.kid("c", case_id))
         if not raw:
             return None
         case, ids = decode_case(case_id, raw)
@@ -747,7 +837,7 @@ return #stale
 
     async def case_id_for_reference(self, reference: str) -> str | None:
         raw = await self.redis.hget(self.k("refs"), reference)
-        return _s(raw) if raw is not None else None
+        return unpack_id(raw) if raw is not None else None
 
     async def record_only(self, case_id: str, event_id: str, event: Message, at: datetime) -> bool:
         """Add an event that changes no state (consent) to a case timeline, idempotently."""
