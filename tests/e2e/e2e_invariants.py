@@ -361,10 +361,11 @@ def open_handoffs(snap: Snapshot) -> dict[str, HandoffView]:
 
 
 def expected_owners(snap: Snapshot) -> dict[str, str]:
-    """case id -> responsible office: the initiative until the LEAD handoff is accepted."""
+    """case id -> responsible office (``initiative:<id>`` until the LEAD handoff is accepted
+    by a named person, then ``agency:<code>``), replayed from the topics."""
     owners: dict[str, str] = {}
     for q in snap.questions:
-        owners.setdefault(q.case_id, q.initiative_id)
+        owners.setdefault(q.case_id, f"initiative:{q.initiative_id}")
     views = replay_handoffs(snap)
     seen: set[str] = set()
     for rec in snap.records(HANDOFFS):
@@ -373,7 +374,7 @@ def expected_owners(snap: Snapshot) -> dict[str, str]:
             seen.add(rec.event_id or "")
             v = views.get(ev.handoff_id)
             if v is not None and v.role == AgencyRole.LEAD:
-                owners[ev.case_id] = ev.agency.value
+                owners[ev.case_id] = f"agency:{ev.agency.value}"
     return owners
 
 
@@ -453,3 +454,100 @@ def check_all(snap: Snapshot, accepted: Mapping[str, str]) -> list[str]:
         + check_no_bounce(snap)
         + check_sla_escalations(snap)
     )
+
+
+# --------------------------------------------------------------------------- waiting
+
+
+async def wait_events(
+    bootstrap: str,
+    topic: str,
+    predicate: Any,
+    *,
+    count: int = 1,
+    within: float = 60.0,
+) -> list[Rec]:
+    """Read ``topic`` (read_committed, from the beginning) until ``count`` decoded records
+    match ``predicate(rec)``; AssertionError with what was seen after ``within`` seconds."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+        metadata_max_age_ms=1000,
+    )
+    await consumer.start()
+    found: list[Rec] = []
+    seen: list[str] = []
+    try:
+        deadline = time.monotonic() + within
+        while len(found) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"{topic}: {len(found)}/{count} matching records after {within}s; "
+                    f"seen {len(seen)}: {seen[-10:]}"
+                )
+            batches = await consumer.getmany(timeout_ms=300)
+            for records in batches.values():
+                for r in records:
+                    rec = _rec(r)
+                    seen.append(type(rec.data).__name__ if rec.data else f"poison({rec.error})")
+                    if rec.data is not None and predicate(rec) and len(found) < count:
+                        found.append(rec)
+    finally:
+        await consumer.stop()
+    return found
+
+
+def of_case(case_id: str, cls: type[Any] | tuple[type[Any], ...], **fields: Any) -> Any:
+    """Predicate: a record of ``case_id`` of type ``cls`` whose fields equal ``fields``."""
+
+    def match(rec: Rec) -> bool:
+        d = rec.data
+        if not isinstance(d, cls) or d.case_id != case_id:
+            return False
+        return all(getattr(d, k) == v for k, v in fields.items())
+
+    return match
+
+
+async def end_offsets(bootstrap: str, topics: list[str]) -> dict[Any, int]:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, isolation_level="read_committed"
+    )
+    await consumer.start()
+    try:
+        tps = [
+            TopicPartition(t, p)
+            for t in topics
+            for p in sorted(consumer.partitions_for_topic(t) or ())
+        ]
+        if not tps or len({tp.topic for tp in tps}) < len(topics):
+            await consumer._client.force_metadata_update()
+            tps = [
+                TopicPartition(t, p)
+                for t in topics
+                for p in sorted(consumer.partitions_for_topic(t) or ())
+            ]
+        return dict(await consumer.end_offsets(tps))
+    finally:
+        await consumer.stop()
+
+
+async def settle(bootstrap: str, prefix: str = "", quiet_s: float = 3.0, within: float = 120.0
+                 ) -> None:  # fmt: skip
+    """Wait until no topic grows for ``quiet_s`` seconds (all services idle)."""
+    names = all_topic_names(prefix)
+    deadline = time.monotonic() + within
+    last = await end_offsets(bootstrap, names)
+    quiet_since = time.monotonic()
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.5)  # observing a system we do not control
+        now = await end_offsets(bootstrap, names)
+        if now != last:
+            last, quiet_since = now, time.monotonic()
+        elif time.monotonic() - quiet_since >= quiet_s:
+            return
+    raise TimeoutError(f"topics still growing after {within}s")

@@ -199,6 +199,8 @@ class Stack:
                 "LOKET_HANDOFF_PUBLIC_URL": self.handoff_public_url,
                 "LOKET_PSEUDONYM_KEY": STACK_PSEUDONYM_KEY,
                 "LOKET_INSTANCE_ID": f"{sp.service}-{self.run_id}-{sp.index}",
+                # stable per instance slot: a restarted router fences its predecessor
+                "LOKET_ROUTER_INSTANCE_ID": str(sp.index),
                 "LOKET_LOG_LEVEL": "INFO",
                 "PYTHONUNBUFFERED": "1",
             }
