@@ -325,6 +325,11 @@ class RoutingEngine:
             for token in tokenize(phrase)
             if token not in self.stopwords and token not in self.negations
         )
+        # A catalog word for each atom, to split a typo-corrected atom like the catalog does.
+        self._surface: dict[str, str] = {}
+        for _, phrase, _, _ in raw:
+            for token in tokenize(phrase):
+                self._surface.setdefault(stem(token), token)
         # Three-letter compound parts are only accepted when they are a phrase of their own
         # (abbreviations such as btw, aow, woz), so "permit" is not "per" + "mit".
         self.short_atoms = frozenset(
@@ -407,8 +412,7 @@ class RoutingEngine:
             corrected = self._correct(whole[0])
             if corrected is not None:
                 # A typo of a catalog word: use that word (split like the catalog does).
-                parts = self._split(corrected, fuzzy=False)
-                return parts if len(parts) > 1 else (corrected,)
+                return self._split(self._surface[corrected], fuzzy=False)
         return whole
 
     def _correct(self, atom: str) -> str | None:

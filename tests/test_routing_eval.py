@@ -1,0 +1,38 @@
+"""Quality guard of the routing engine on the labelled (synthetic) set.
+
+Targets from the issue: lead accuracy >= 90%, agency micro recall >= 90% and precision >= 85%,
+over the whole set (dev + dev-holdout). See docs/routing.md for the figures.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from loket_router.classify import evaluate, load_labelled, split_rows
+from loket_schemas.vocabulary import AgencyCode
+
+EVAL_SET = Path(__file__).parent / "data" / "routing_eval.jsonl"
+
+
+@pytest.fixture(scope="module")
+def rows() -> list[dict[str, object]]:
+    return load_labelled(EVAL_SET)
+
+
+def test_eval_set_is_large_and_covers_every_agency(rows: list[dict[str, object]]) -> None:
+    assert len(rows) >= 240
+    covered = {code for row in rows for code in row["agencies"]}  # type: ignore[attr-defined]
+    assert covered == {code.value for code in AgencyCode}
+    holdout = split_rows(rows, "holdout")
+    assert 0.2 <= len(holdout) / len(rows) <= 0.3
+    assert EVAL_SET.read_text(encoding="utf-8").splitlines()[0].find("SYNTHETIC") > 0
+
+
+def test_routing_quality_targets(rows: list[dict[str, object]]) -> None:
+    figures = evaluate(rows)
+    report = figures.summary("all") + "\n" + "\n".join(figures.errors)
+    assert figures.lead_accuracy >= 0.90, report
+    assert figures.recall >= 0.90, report
+    assert figures.precision >= 0.85, report
