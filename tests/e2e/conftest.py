@@ -14,20 +14,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from e2e_stack import Stack
-
-#: Environment every e2e stack's services get.
-STACK_ENV: dict[str, dict[str, str]] = {
-    "intake": {"LOKET_DEV_API_KEYS": "true"},
-    "handoff": {"LOKET_HANDOFF_DEV_KEYS": "true"},
-}
-
-
-def stack_env(**per_service: dict[str, str]) -> dict[str, dict[str, str]]:
-    env = {k: dict(v) for k, v in STACK_ENV.items()}
-    for service, values in per_service.items():
-        env.setdefault(service, {}).update(values)
-    return env
+from e2e_stack import Stack, stack_env
 
 
 @pytest.fixture(scope="module")

@@ -286,8 +286,8 @@ def check_minimised(d: CaseDelivered, question: QuestionReceived | None) -> list
         if DataCategory.IDENTITY not in shared:
             if getattr(d.requester, "bsn", None) is not None:
                 p.append(f"{tag}: requester.bsn present without identity in manifest")
-            if getattr(d.requester, "kind", "") == "business":
-                p.append(f"{tag}: business requester (KvK) without identity in manifest")
+        if getattr(d.requester, "kind", "") == "business" and DataCategory.BUSINESS not in shared:
+            p.append(f"{tag}: business requester (KvK) without business in manifest")
         if DataCategory.CONTACT not in shared and d.requester.contact is not None:
             p.append(f"{tag}: requester.contact present without contact in manifest")
     agency = load_agencies().get(d.agency)

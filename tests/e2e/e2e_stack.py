@@ -50,6 +50,21 @@ SERVICES: tuple[str, ...] = ("intake", "router", "handoff")
 STACK_PSEUDONYM_KEY = "e2e-stack-pseudonym-key-not-a-secret"
 
 
+#: Environment every test stack's services get (dev keys on; see the services' READMEs).
+STACK_ENV: dict[str, dict[str, str]] = {
+    "intake": {"LOKET_DEV_API_KEYS": "true"},
+    "handoff": {"LOKET_HANDOFF_DEV_KEYS": "true"},
+}
+
+
+def stack_env(**per_service: dict[str, str]) -> dict[str, dict[str, str]]:
+    """:data:`STACK_ENV` plus extra variables per service (``"*"`` for every service)."""
+    env = {k: dict(v) for k, v in STACK_ENV.items()}
+    for service, values in per_service.items():
+        env.setdefault(service, {}).update(values)
+    return env
+
+
 @dataclass
 class ServiceProcess:
     """One running (or dead) service process."""

@@ -74,7 +74,7 @@ QUESTION_TEXTS: tuple[str, ...] = (
 
 CHANNELS = ("balie", "telefoon", "web", "email", "chat", "brief")
 # Valid BSNs (eleven-test) used in test traffic only.
-TEST_BSNS = ("111222333", "123456782", "999999990", "111111110", "234567891")
+TEST_BSNS = ("111222333", "123456782", "999999990", "111111110", "100000009")
 
 
 def initiative_ids() -> list[str]:
