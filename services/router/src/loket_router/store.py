@@ -2,11 +2,10 @@
 
 Per case (``cid``), every key with the case TTL:
 
-* ``case:{cid}`` hash: ``question`` (the QuestionReceived JSON, needed to re-route) and
-  ``lead``;
-* ``roles:{cid}`` hash ``agency -> role`` of every agency the case was delivered to;
-* ``shares:{cid}`` hash with one field ``agency|consent_id|category`` per consent-based
-  share (a set: re-writing the same share is a no-op);
+* ``case:{cid}`` hash: ``question`` (the QuestionReceived JSON, needed to re-route),
+  ``lead``, ``role|<agency>`` for every agency the case was delivered to, and one field
+  ``share|<agency>|<consent_id>|<category>`` per consent-based share (a set: writing the
+  same share again is a no-op);
 * ``withdrawn:{cid}`` hash with one field ``consent_id|category`` (``*`` = the whole
   consent) per recorded withdrawal;
 * ``done:{kind}:{id}``: "already done" markers, written only after the Kafka transaction
@@ -78,12 +77,21 @@ def parse_withdrawals(raw: dict[Any, Any]) -> dict[str, Withdrawal]:
     return merge_withdrawals(items)
 
 
-def parse_shares(raw: dict[Any, Any]) -> list[ConsentShare]:
+def parse_case(state: CaseState, raw: dict[Any, Any]) -> None:
+    """Fill ``state`` from the ``case:{cid}`` hash."""
     grouped: dict[tuple[AgencyCode, str], set[DataCategory]] = {}
-    for key in raw:
-        agency, consent_id, cat = _s(key).split("|", 2)
-        grouped.setdefault((AgencyCode(agency), consent_id), set()).add(DataCategory(cat))
-    return [ConsentShare(a, c, frozenset(cats)) for (a, c), cats in grouped.items()]
+    for key, value in raw.items():
+        name = _s(key)
+        if name == "question":
+            state.question = QuestionReceived.model_validate_json(value)
+        elif name == "lead":
+            state.lead = AgencyCode(_s(value))
+        elif name.startswith("role|"):
+            state.roles[AgencyCode(name[5:])] = AgencyRole(_s(value))
+        elif name.startswith("share|"):
+            _, agency, consent_id, cat = name.split("|", 3)
+            grouped.setdefault((AgencyCode(agency), consent_id), set()).add(DataCategory(cat))
+    state.shares = [ConsentShare(a, c, frozenset(cats)) for (a, c), cats in grouped.items()]
 
 
 class RedisStore:
@@ -117,9 +125,7 @@ class RedisStore:
                 for cid in ids:
                     pipe.hgetall(self.key("withdrawn", cid))
                     if full:
-                        pipe.hmget(self.key("case", cid), ["question", "lead"])
-                        pipe.hgetall(self.key("roles", cid))
-                        pipe.hgetall(self.key("shares", cid))
+                        pipe.hgetall(self.key("case", cid))
                 for marker in markers:
                     pipe.exists(marker)
                 results = await pipe.execute()
@@ -130,13 +136,7 @@ class RedisStore:
         for cid in ids:
             state = CaseState(cid, withdrawals=parse_withdrawals(next(it)))
             if full:
-                question_raw, lead_raw = next(it)
-                if question_raw:
-                    state.question = QuestionReceived.model_validate_json(question_raw)
-                if lead_raw:
-                    state.lead = AgencyCode(_s(lead_raw))
-                state.roles = {AgencyCode(_s(k)): AgencyRole(_s(v)) for k, v in next(it).items()}
-                state.shares = parse_shares(next(it))
+                parse_case(state, next(it))
             out[cid] = state
         flags = [bool(next(it)) for _ in markers]
         if done_keys is not None:
@@ -171,35 +171,32 @@ class RedisStore:
     # ----------------------------------------------------------------- writes
 
     async def write(self, writes: Writes) -> None:
-        """Apply a batch's state changes (idempotent) in one round trip."""
+        """Apply a batch's state changes (idempotent): one HSET and one EXPIRE per key."""
         if not writes:
             return
-        touched: set[str] = set()
+        per_case: dict[str, dict[str, str]] = {}
+        for q in writes.questions:
+            per_case.setdefault(q.case_id, {})["question"] = q.model_dump_json()
+        for cid, lead in writes.leads.items():
+            per_case.setdefault(cid, {})["lead"] = lead.value
+        for cid, agency, role in writes.roles:
+            per_case.setdefault(cid, {})[f"role|{agency.value}"] = role.value
+        for cid, share in writes.shares:
+            fields = per_case.setdefault(cid, {})
+            for cat in share.categories:
+                fields[f"share|{share.agency.value}|{share.consent_id}|{cat.value}"] = "1"
+        per_withdrawal: dict[str, dict[str, str]] = {}
+        for cid, w in writes.withdrawals:
+            fields = per_withdrawal.setdefault(cid, {})
+            for name in [c.value for c in w.categories] or [ALL]:
+                fields[f"{w.consent_id}|{name}"] = "1"
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
-                for q in writes.questions:
-                    pipe.hset(self.key("case", q.case_id), "question", q.model_dump_json())
-                    touched.add(self.key("case", q.case_id))
-                for cid, lead in writes.leads.items():
-                    pipe.hset(self.key("case", cid), "lead", lead.value)
-                    touched.add(self.key("case", cid))
-                for cid, agency, role in writes.roles:
-                    pipe.hset(self.key("roles", cid), agency.value, role.value)
-                    touched.add(self.key("roles", cid))
-                for cid, share in writes.shares:
-                    k = self.key("shares", cid)
-                    for share_cat in sorted(share.categories):
-                        field_name = f"{share.agency.value}|{share.consent_id}|{share_cat.value}"
-                        pipe.hset(k, field_name, "1")
-                    touched.add(k)
-                for cid, w in writes.withdrawals:
-                    k = self.key("withdrawn", cid)
-                    cats = [c.value for c in sorted(w.categories)] or [ALL]
-                    for cat in cats:
-                        pipe.hset(k, f"{w.consent_id}|{cat}", "1")
-                    touched.add(k)
-                for k in touched:
-                    pipe.expire(k, self.ttl)
+                for kind, groups in (("case", per_case), ("withdrawn", per_withdrawal)):
+                    for cid, mapping in groups.items():
+                        k = self.key(kind, cid)
+                        pipe.hset(k, mapping=mapping)  # type: ignore[arg-type]
+                        pipe.expire(k, self.ttl)
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             raise RetryableError(f"redis write failed: {exc}") from exc
