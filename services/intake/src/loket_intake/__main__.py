@@ -1,25 +1,48 @@
-"""Run the intake service: ``python -m loket_intake`` (host/port from LOKET_HOST/LOKET_PORT)."""
+"""Run the intake service: ``python -m loket_intake``.
+
+Host/port from ``LOKET_HOST``/``LOKET_PORT``; ``LOKET_WORKERS`` > 1 starts that many
+worker processes (each with its own Kafka producer and Redis pool). uvicorn uses uvloop
+and httptools (both installed with loket-intake).
+"""
 
 from __future__ import annotations
 
 import uvicorn
+from fastapi import FastAPI
 
 from loket_intake.app import create_app
 from loket_intake.settings import IntakeSettings
 from loket_runtime.logging import configure_logging
 
 
+def worker_app() -> FastAPI:
+    """App factory for worker processes: logging configured in each process."""
+    settings = IntakeSettings()
+    configure_logging(settings)
+    return create_app(settings)
+
+
 def main() -> None:
     settings = IntakeSettings()
     configure_logging(settings)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=False,
-        lifespan="on",
-    )
+    common: dict[str, object] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_config": None,
+        "access_log": False,
+        "lifespan": "on",
+        "loop": "auto",
+        "http": "auto",
+    }
+    if settings.workers > 1:
+        uvicorn.run(
+            "loket_intake.__main__:worker_app",
+            factory=True,
+            workers=settings.workers,
+            **common,  # type: ignore[arg-type]
+        )
+    else:
+        uvicorn.run(create_app(settings), **common)  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":

@@ -127,12 +127,27 @@ async def submit_question(
     """
     token = uuid.uuid4().hex
     reuse: IdempotencyRecord | None = None
+    case_id = domain.new_case_id()
+    received_at = deps.now()
+    consent_id = domain.consent_id_for(case_id) if question.consent else None
+    categories = [c.value for c in question.consent.categories] if question.consent else []
+    reference = domain.new_reference()
+    reserved = False
     if idempotency is not None:
-        claim = await deps.store.claim_idempotency(
+        pending = IdempotencyRecord("pending", idempotency.body_hash, token=token)
+        # common case in one round trip: claim the key and reserve the reference
+        claim, reserved = await deps.store.claim_and_reserve(
             idempotency.scope,
             idempotency.key,
-            IdempotencyRecord("pending", idempotency.body_hash, token=token),
+            pending,
+            reference,
+            case_id,
+            question.initiative,
+            consent_id,
+            categories,
         )
+        if not claim.claimed:  # key taken: look closer (replay, conflict, takeover)
+            claim = await deps.store.claim_idempotency(idempotency.scope, idempotency.key, pending)
         if not claim.claimed:
             existing = claim.record
             assert existing is not None
@@ -152,21 +167,19 @@ async def submit_question(
         reuse = claim.record
 
     if reuse is not None and reuse.case_id and reuse.reference and reuse.received_at:
+        # retry after a failed publish: the same case, reference and event id
         case_id, reference = reuse.case_id, reuse.reference
         received_at = datetime.fromisoformat(reuse.received_at)
-    else:
-        case_id = domain.new_case_id()
-        received_at = deps.now()
-        consent_id = domain.consent_id_for(case_id) if question.consent else None
-        categories = [c.value for c in question.consent.categories] if question.consent else []
+    elif not reserved:
         try:
-            for _ in range(MAX_REFERENCE_ATTEMPTS):
-                reference = domain.new_reference()
+            for attempt in range(MAX_REFERENCE_ATTEMPTS):
+                if attempt:
+                    log.info("reference_collision", reference=reference)
+                    reference = domain.new_reference()
                 if await deps.store.reserve_case(
                     reference, case_id, question.initiative, consent_id, categories
                 ):
                     break
-                log.info("reference_collision", reference=reference)
             else:
                 raise StoreUnavailable("could not reserve a unique reference")
         except StoreUnavailable:

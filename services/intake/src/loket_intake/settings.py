@@ -17,6 +17,8 @@ from loket_runtime.settings import BaseServiceSettings
 class IntakeSettings(BaseServiceSettings):
     service_name: str = "intake"
     port: int = 8000
+    #: uvicorn worker processes (``python -m loket_intake``).
+    workers: int = 1
     #: Base URL of the handoff service as people's browsers reach it (status links).
     handoff_public_url: str = "http://127.0.0.1:8002"
     #: Base URL intake itself uses to ask handoff for a case status (desk status panel);

@@ -45,6 +45,25 @@ end
 return 0
 """
 
+#: The common first step of a request with an Idempotency-Key, in one round trip:
+#: SET idem NX (pending); if taken, return the existing record and touch nothing else;
+#: else reserve the reference (SET NX) and write the case record.
+#: KEYS: idem, ref, case. ARGV: pending json, pending ttl ms, case_id, case ttl s, fields...
+#: Returns {1, reserved(0/1)} when claimed, {0, existing} when not.
+_CLAIM_AND_RESERVE = """
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {0, redis.call('GET', KEYS[1]) or ''}
+end
+if redis.call('SET', KEYS[2], ARGV[3], 'NX', 'EX', ARGV[4]) then
+  local fields = {}
+  for i = 5, #ARGV do fields[#fields + 1] = ARGV[i] end
+  redis.call('HSET', KEYS[3], unpack(fields))
+  redis.call('EXPIRE', KEYS[3], ARGV[4])
+  return {1, 1}
+end
+return {1, 0}
+"""
+
 #: Replace the record only when it still is the pending marker of this request.
 #: KEYS: idem. ARGV: expected pending token, new value, ttl seconds (0 = delete).
 _SETTLE = """
@@ -117,6 +136,17 @@ class CaseRecord:
 
 class IntakeStore(Protocol):
     async def claim_idempotency(self, scope: str, key: str, record: IdempotencyRecord) -> Claim: ...
+    async def claim_and_reserve(
+        self,
+        scope: str,
+        key: str,
+        record: IdempotencyRecord,
+        reference: str,
+        case_id: str,
+        initiative: str,
+        consent_id: str | None,
+        consent_categories: list[str],
+    ) -> tuple[Claim, bool]: ...
     async def settle_idempotency(
         self, scope: str, key: str, token: str, record: IdempotencyRecord | None
     ) -> bool: ...
@@ -134,6 +164,21 @@ class IntakeStore(Protocol):
     async def mark_withdrawn(self, case_id: str, withdrawn_at: str) -> str | None: ...
 
 
+def _case_fields(
+    initiative: str, reference: str, consent_id: str | None, consent_categories: list[str]
+) -> list[str]:
+    return [
+        "initiative",
+        initiative,
+        "reference",
+        reference,
+        "consent_id",
+        consent_id or "",
+        "consent_categories",
+        ",".join(consent_categories),
+    ]
+
+
 class RedisIntakeStore:
     """:class:`IntakeStore` on Redis. Every method raises StoreUnavailable on Redis errors."""
 
@@ -142,6 +187,7 @@ class RedisIntakeStore:
         self.prefix = prefix
         self._reserve = redis.register_script(_RESERVE)
         self._settle = redis.register_script(_SETTLE)
+        self._claim_and_reserve = redis.register_script(_CLAIM_AND_RESERVE)
 
     def _key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
@@ -194,6 +240,43 @@ class RedisIntakeStore:
         except (ValueError, KeyError) as exc:
             raise StoreUnavailable(f"unreadable idempotency record: {exc}") from exc
 
+    async def claim_and_reserve(
+        self,
+        scope: str,
+        key: str,
+        record: IdempotencyRecord,
+        reference: str,
+        case_id: str,
+        initiative: str,
+        consent_id: str | None,
+        consent_categories: list[str],
+    ) -> tuple[Claim, bool]:
+        """:meth:`claim_idempotency` and :meth:`reserve_case` in one round trip.
+
+        Returns ``(claim, reserved)``. When the key is taken nothing else is written and
+        the caller falls back to :meth:`claim_idempotency` (which knows takeovers).
+        """
+        fields = _case_fields(initiative, reference, consent_id, consent_categories)
+        try:
+            claimed, value = await self._claim_and_reserve(
+                keys=[
+                    self.idem_key(scope, key),
+                    self._key("ref", reference),
+                    self._key("case", case_id),
+                ],
+                args=[record.dumps(), PENDING_TTL_MS, case_id, CASE_TTL_S, *fields],
+            )
+        except RedisError as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        if claimed:
+            return Claim(True, None), bool(value)
+        if not value:  # expired in between
+            return Claim(False, IdempotencyRecord("pending", "")), False
+        try:
+            return Claim(False, IdempotencyRecord.loads(value)), False
+        except (ValueError, KeyError) as exc:
+            raise StoreUnavailable(f"unreadable idempotency record: {exc}") from exc
+
     async def settle_idempotency(
         self, scope: str, key: str, token: str, record: IdempotencyRecord | None
     ) -> bool:
@@ -226,16 +309,7 @@ class RedisIntakeStore:
 
         False when the reference is taken (the caller draws another one).
         """
-        fields = [
-            "initiative",
-            initiative,
-            "reference",
-            reference,
-            "consent_id",
-            consent_id or "",
-            "consent_categories",
-            ",".join(consent_categories),
-        ]
+        fields = _case_fields(initiative, reference, consent_id, consent_categories)
         try:
             result = await self._reserve(
                 keys=[self._key("ref", reference), self._key("case", case_id)],
