@@ -59,7 +59,7 @@ class ApiKeys:
 
     def __init__(self, settings: IntakeSettings) -> None:
         self.by_hash: dict[str, str] = {}
-        if settings.dev_api_keys:
+        if settings.dev_keys_enabled:
             self.by_hash.update(domain.dev_key_hashes())
         self.by_hash.update({h.lower(): i for h, i in settings.api_keys.items()})
 

@@ -48,6 +48,6 @@ def create_app(settings: IntakeSettings | None = None) -> FastAPI:
     api.install_error_handlers(app, settings)
     app.include_router(api.build_router(settings, keys))
     desk.install(app, settings, keys)
-    if settings.dev_api_keys:
+    if settings.dev_keys_enabled:
         runtime.log.warning("dev_api_keys_enabled", hint="set LOKET_DEV_API_KEYS=false")
     return app

@@ -3,7 +3,7 @@
 - ``GET /`` and ``GET /balie``: the form;
 - ``POST /balie``: a plain form post, handled server-side with the same use case as the
   API (``handlers.submit_question``), so no API key ever reaches the browser. With
-  ``dev_api_keys`` on (development) the handler uses the dev key of the chosen initiative;
+  dev keys enabled (development) the handler uses the dev key of the chosen initiative;
   otherwise the form asks for the initiative's API key (a password field) and checks it;
 - ``GET /balie/status/{reference}?token=...``: the live status panel's data. intake asks
   handoff (``{handoff}/api/v1/status/{reference}?token=...``) server-side, so the page
@@ -101,15 +101,12 @@ CONSENT_PERIODS: list[tuple[str, str]] = [
     ("730", "2 jaar"),
 ]
 
+#: handoff's overall statuses (loket_handoff.status.PublicStatus.status) in plain Dutch.
 STATUS_LABELS: dict[str, str] = {
-    "received": "Ontvangen",
-    "routed": "Doorgestuurd naar de juiste organisatie(s)",
-    "offered": "Aangeboden, wacht op een medewerker",
-    "accepted": "In behandeling",
-    "declined": "Wordt doorgestuurd naar een andere organisatie",
-    "escalated": "Opgeschaald naar het Maatwerkloket",
-    "resolved": "Afgerond",
-    "closed": "Afgerond",
+    "ontvangen": "Ontvangen",
+    "doorgestuurd": "Doorgestuurd",
+    "in_behandeling": "In behandeling",
+    "afgerond": "Afgerond",
 }
 
 
@@ -254,7 +251,7 @@ class DeskPage:
             category_text=CATEGORY_TEXT,
             recipients=self.recipients,
             consent_periods=CONSENT_PERIODS,
-            dev_keys=self.settings.dev_api_keys,
+            dev_keys=self.settings.dev_keys_enabled,
             form_id=uuid.uuid4().hex if result or not form.get("form_id") else form["form_id"],
         )
         return HTMLResponse(html, status_code=status_code)
@@ -273,7 +270,7 @@ class DeskPage:
         payload, errors = _form_payload(form, categories)
         initiative = payload["initiative"]
         try:
-            if self.settings.dev_api_keys:
+            if self.settings.dev_keys_enabled:
                 key = domain.dev_api_key(initiative) if initiative else ""
             else:
                 key = form.get("api_key", "")
@@ -281,7 +278,7 @@ class DeskPage:
                 key_initiative = self.keys.initiative_for(key) if initiative else None
             except Unauthorized:
                 key_initiative = None
-                if not self.settings.dev_api_keys:
+                if not self.settings.dev_keys_enabled:
                     errors.append(PageError("api_key", "Deze API-sleutel is onbekend."))
             if key_initiative is not None and key_initiative != initiative:
                 errors.append(PageError("api_key", "Deze API-sleutel hoort bij een ander loket."))
@@ -343,7 +340,7 @@ class DeskPage:
         key = self.settings.pseudonym_key.get_secret_value()
         if ref is None or not token or not domain.status_token_matches(ref, token, key):
             return JSONResponse({"error": "onbekende referentie"}, status_code=404)
-        fallback = {"reference": ref, "status": "received", "label": STATUS_LABELS["received"]}
+        fallback = {"reference": ref, "status": "ontvangen", "label": "Ontvangen", "details": []}
         url = f"{self.settings.status_base_url}/api/v1/status/{ref}"
         try:
             if self.client is None:
@@ -363,22 +360,16 @@ class DeskPage:
 
 
 def summarise_status(reference: str, data: dict[str, Any]) -> dict[str, Any]:
-    """Reduce handoff's status answer to what the panel shows (tolerant of its shape)."""
-    status = str(data.get("status") or data.get("state") or "received")
-    label = (
-        data.get("status_label")
-        or data.get("label")
-        or data.get("status_text")
-        or STATUS_LABELS.get(status.lower(), status)
-    )
+    """Reduce handoff's public status (``PublicStatus``: status, samenvatting, stappen) to
+    what the panel shows: one label and one line per organisation."""
+    status = str(data.get("status") or "ontvangen")
+    label = data.get("samenvatting") or STATUS_LABELS.get(status.lower(), status)
     details: list[str] = []
-    for item in data.get("handoffs") or data.get("agencies") or []:
-        if isinstance(item, dict):
-            name = item.get("agency_name") or item.get("name") or item.get("agency") or ""
-            state = str(item.get("status_label") or item.get("label") or item.get("state") or "")
-            state = STATUS_LABELS.get(state.lower(), state)
-            if name:
-                details.append(f"{name}: {state}" if state else str(name))
+    for step in data.get("stappen") or []:
+        if isinstance(step, dict):
+            text = step.get("tekst") or ""
+            name = step.get("organisatie") or ""
+            details.append(str(text or name))
     return {"reference": reference, "status": status, "label": str(label), "details": details}
 
 

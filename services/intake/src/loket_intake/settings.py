@@ -2,9 +2,9 @@
 
 API keys: ``LOKET_API_KEYS`` is a JSON object mapping the sha256 hex digest of a key to the
 initiative it belongs to, e.g. ``{"9f86d0...": "bibliotheek-rotterdam-centrale"}``.
-``LOKET_DEV_API_KEYS=true`` (the default, for ``make up`` and tests) also accepts the
-deterministic development keys ``dev-<initiative-id>`` and lets the desk page submit with
-them; production sets it to ``false``.
+The deterministic development keys ``dev-<initiative-id>`` are accepted (and the desk page
+submits with them) only while the development pseudonym key is in use (``make up``, tests),
+or when ``LOKET_DEV_API_KEYS=true``; ``LOKET_DEV_API_KEYS=false`` turns them off.
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ class IntakeSettings(BaseServiceSettings):
     handoff_internal_url: str = ""
     #: sha256(key) hex -> initiative id.
     api_keys: dict[str, str] = Field(default_factory=dict)
-    #: Accept ``dev-<initiative-id>`` keys and let the desk page use them. Never in production.
-    dev_api_keys: bool = True
+    #: Accept ``dev-<initiative-id>`` keys and let the desk page use them. None (default):
+    #: only while the development pseudonym key is in use (``make up``, tests), like handoff.
+    dev_api_keys: bool | None = None
     #: Max. body sizes, checked while reading, before parsing.
     max_json_bytes: int = 64 * 1024
     max_email_bytes: int = 1024 * 1024
@@ -41,6 +42,12 @@ class IntakeSettings(BaseServiceSettings):
     retry_after_s: int = 5
     #: How long a request with an Idempotency-Key in flight elsewhere waits before 409.
     idempotency_wait_s: float = 2.0
+
+    @property
+    def dev_keys_enabled(self) -> bool:
+        if self.dev_api_keys is None:
+            return self.uses_dev_pseudonym_key
+        return self.dev_api_keys
 
     @property
     def status_base_url(self) -> str:

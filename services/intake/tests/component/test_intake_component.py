@@ -233,3 +233,35 @@ async def test_desk_form_errors_are_summarised(app_client: tuple[Any, httpx.Asyn
     assert 'href="#bsn"' in resp.text and "elfproef" in resp.text
     assert 'aria-invalid="true"' in resp.text
     app.state.publishers.questions.mock.assert_not_called()
+
+
+async def test_status_panel_asks_handoff_and_checks_the_token(
+    app_client: tuple[Any, httpx.AsyncClient],
+) -> None:
+    app, client = app_client
+    from loket_intake import domain
+
+    key = app.state.settings.pseudonym_key.get_secret_value()
+    ref = "LK-7F3K-92QD"
+    token = domain.status_token(ref, key)
+    asked: list[str] = []
+
+    def handoff(request: httpx.Request) -> httpx.Response:
+        asked.append(str(request.url))
+        return httpx.Response(
+            200, json={"status": "in_behandeling", "samenvatting": "In behandeling.", "stappen": []}
+        )
+
+    app.state.desk.client = httpx.AsyncClient(transport=httpx.MockTransport(handoff))
+    ok = await client.get(f"/balie/status/{ref}", params={"token": token})
+    assert ok.status_code == 200 and ok.json()["label"] == "In behandeling."
+    assert asked == [f"http://127.0.0.1:8002/api/v1/status/{ref}?token={token}"]
+    bad = await client.get(f"/balie/status/{ref}", params={"token": "0" * 24})
+    assert bad.status_code == 404 and len(asked) == 1
+
+    def down(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused")
+
+    app.state.desk.client = httpx.AsyncClient(transport=httpx.MockTransport(down))
+    fallback = await client.get(f"/balie/status/{ref}", params={"token": token})
+    assert fallback.json()["label"] == "Ontvangen"

@@ -220,3 +220,32 @@ def test_build_event_without_requester_has_no_pseudonym() -> None:
         pseudonym_key="key",
     )
     assert event.requester is None and event.subject_pseudonym is None and event.consent is None
+
+
+# ----------------------------------------------------------------- settings and status panel
+
+
+def test_dev_keys_follow_the_dev_pseudonym_key() -> None:
+    from loket_intake.settings import IntakeSettings
+
+    assert IntakeSettings().dev_keys_enabled
+    assert not IntakeSettings(pseudonym_key="a-real-secret").dev_keys_enabled
+    assert IntakeSettings(pseudonym_key="a-real-secret", dev_api_keys=True).dev_keys_enabled
+    assert not IntakeSettings(dev_api_keys=False).dev_keys_enabled
+
+
+def test_status_panel_reads_handoffs_public_status() -> None:
+    from loket_intake.desk import summarise_status
+
+    out = summarise_status(
+        "LK-7F3K-92QD",
+        {
+            "referentie": "LK-7F3K-92QD",
+            "status": "doorgestuurd",
+            "samenvatting": "Uw vraag is doorgestuurd.",
+            "stappen": [{"organisatie": "DUO", "status": "doorgestuurd", "tekst": "Naar DUO."}],
+        },
+    )
+    assert out["label"] == "Uw vraag is doorgestuurd."
+    assert out["details"] == ["Naar DUO."]
+    assert summarise_status("LK-7F3K-92QD", {"status": "afgerond"})["label"] == "Afgerond"
