@@ -145,7 +145,9 @@ async def passthrough(bootstrap: str, src: str, dst: str, n: int, batch: int, tx
         await producer.stop()
 
 
-async def router(bootstrap: str, redis_url: str, prefix: str, n: int, batch: int) -> float:
+async def router(
+    bootstrap: str, redis_url: str, prefix: str, n: int, batch: int
+) -> tuple[float, float]:
     redis = Redis.from_url(redis_url)
     store = RedisStore(redis, f"bench:{prefix}", 3600)
     ctx = RouterContext(
@@ -157,6 +159,7 @@ async def router(bootstrap: str, redis_url: str, prefix: str, n: int, batch: int
     )
     processor = QuestionProcessor(ctx, store)
     routed = 0
+    outputs = 0
     first: float | None = None
     last = 0.0
     finished = asyncio.Event()
@@ -170,8 +173,9 @@ async def router(bootstrap: str, redis_url: str, prefix: str, n: int, batch: int
     processor.process = timed  # type: ignore[method-assign]
 
     async def on_commit(result) -> None:  # type: ignore[no-untyped-def]
-        nonlocal routed, last
+        nonlocal routed, last, outputs
         routed += result.stats.routed + result.stats.duplicates + result.stats.dead_lettered
+        outputs += len(result.outgoing)
         last = time.perf_counter()
         if routed >= n:
             finished.set()
@@ -197,7 +201,7 @@ async def router(bootstrap: str, redis_url: str, prefix: str, n: int, batch: int
         for i in range(0, len(keys), 500):
             await redis.delete(*keys[i : i + 500])
         await redis.aclose()
-    return n / (last - (first or last))
+    return n / (last - (first or last)), outputs / n
 
 
 async def main() -> None:
@@ -242,8 +246,12 @@ async def main() -> None:
             txn=True,
         )
         print(f"passthrough (transactional):    {txn:10.0f} records/s")
-    routed = await router(bootstrap, redis_url, prefix, args.n, args.batch)
+    routed, per_question = await router(bootstrap, redis_url, prefix, args.n, args.batch)
     print(f"router (transactional, routed): {routed:10.0f} questions/s")
+    print(
+        f"router output records:          {routed * per_question:10.0f} records/s "
+        f"({per_question:.2f} per question)"
+    )
     print(f"ratio router / passthrough:     {routed / plain:10.2f}")
     if txn:
         print(f"ratio router / passthrough-txn: {routed / txn:10.2f}")
