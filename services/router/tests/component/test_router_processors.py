@@ -20,12 +20,11 @@ from loket_schemas.catalog import load_agencies
 from loket_schemas.events import (
     AgencyAssignment,
     AgencyRole,
-    ConsentRecord,
     ConsentWithdrawn,
     QuestionReceived,
 )
 from loket_schemas.kafka import encode
-from loket_schemas.vocabulary import AgencyCode, DataCategory, PersonRequester
+from loket_schemas.vocabulary import AgencyCode, ConsentRecord, DataCategory, PersonRequester
 
 NOW = datetime(2026, 11, 2, 10, 0, tzinfo=UTC)
 

@@ -31,7 +31,8 @@ class Rec:
 
     @property
     def data(self) -> dict[str, Any]:
-        return json.loads(self.value or b"{}")
+        data: dict[str, Any] = json.loads(self.value or b"{}")
+        return data
 
 
 async def snapshot(bootstrap: str, topics: Sequence[str]) -> list[Rec]:

@@ -137,7 +137,8 @@ async def test_routed_question_produces_deliveries_audit_and_case_routed(router:
     }
     # belastingdienst: text on consent (given), BSN on public task
     bd = by_agency[A.BELASTINGDIENST]
-    assert bd.text == q.text and bd.requester is not None and bd.requester.bsn == BSN
+    assert bd.text == q.text and isinstance(bd.requester, PersonRequester)
+    assert bd.requester.bsn == BSN
     assert bd.manifest.consent_reference == q.consent.consent_id  # type: ignore[union-attr]
     # audit: pseudonym, never the BSN; processing activity from the catalog
     for r in audits:
