@@ -132,6 +132,7 @@ class EscalationRow:
     reason: str
     reason_label: str
     at: datetime | None
+    reference: str = ""
 
 
 @dataclass(frozen=True)
@@ -190,23 +191,15 @@ async def gather_overview(store: HandoffStore, *, time_scale: float = 1.0) -> Ov
     pipe.zcard(store.k("risk"))
     pipe.zcard(store.k("breached"))
     risk_total, breached_total = await pipe.execute()
-    (
-        open_by_agency,
-        open_by_initiative,
-        at_risk,
-        breached,
-        stats,
-        latencies,
-        escalations,
-    ) = await asyncio.gather(
+    open_by_agency, open_by_initiative, at_risk, breached, stats = await asyncio.gather(
         store.open_counts_by_agency(),
         store.open_counts_by_initiative([i.id for i in initiatives.initiatives]),
         store.at_risk(limit=SCAN_LIMIT),
         store.breached(limit=SCAN_LIMIT),
         store.stats(),
-        asyncio.gather(*(store.accept_latencies(code) for code in codes)),
-        store.escalations(limit=LIST_LIMIT),
     )
+    latencies = await asyncio.gather(*(store.accept_latencies(code) for code in codes))
+    escalations = await store.escalations(limit=LIST_LIMIT)
     risk_by: dict[str, int] = {}
     for h in at_risk:
         risk_by[h.agency.value] = risk_by.get(h.agency.value, 0) + 1
@@ -242,8 +235,11 @@ async def gather_overview(store: HandoffStore, *, time_scale: float = 1.0) -> Ov
     def prefixed(kind: str) -> dict[str, int]:
         return {k.partition(":")[2]: v for k, v in stats.items() if k.startswith(kind + ":")}
 
+    escalated = await asyncio.gather(
+        *(store.get_handoff(str(e.get("handoff_id", ""))) for e in escalations)
+    )
     esc_rows = []
-    for e in escalations:
+    for e, handoff in zip(escalations, escalated, strict=True):
         code = str(e.get("agency", ""))
         try:
             name = agencies.get(code).name
@@ -263,6 +259,7 @@ async def gather_overview(store: HandoffStore, *, time_scale: float = 1.0) -> Ov
                 reason=reason,
                 reason_label=REASON_NL.get(reason, reason),
                 at=at,
+                reference=handoff.reference if handoff else "",
             )
         )
     by_reason = {r: 0 for r in REASON_NL}
@@ -573,7 +570,7 @@ def fmt_time(moment: datetime | None, now: datetime | None = None) -> str:
 def fmt_duration(seconds: float | None) -> str:
     if seconds is None or seconds != seconds:  # None or NaN
         return "–"
-    s = int(round(abs(seconds)))
+    s = round(abs(seconds))
     if s < 60:
         return f"{s} s"
     if s < 3600:
@@ -633,7 +630,8 @@ def describe(entry: TimelineEntry) -> str:
     if kind == "accepted":
         text = f"door {d.get('contact', 'onbekend')}"
         if d.get("expected_by"):
-            text += f"; verwacht klaar {fmt_time(datetime.fromtimestamp(d['expected_by'] / 1000, UTC))}"
+            expected = datetime.fromtimestamp(int(d["expected_by"]) / 1000, UTC)
+            text += f"; verwacht klaar {fmt_time(expected)}"
         return text
     if kind == "declined":
         return (
@@ -641,7 +639,8 @@ def describe(entry: TimelineEntry) -> str:
             f"afwijzing {d.get('count', '?')} van deze zaak"
         )
     if kind == "escalated":
-        text = f"{REASON_NL.get(str(d.get('reason')), d.get('reason'))}, naar {agency_name(d.get('to'))}"
+        reason = REASON_NL.get(str(d.get("reason")), str(d.get("reason")))
+        text = f"{reason}, naar {agency_name(d.get('to'))}"
         return text + (f"; notitie: {d['note']}" if d.get("note") else "")
     if kind == "resolved":
         return str(d.get("summary") or "")
@@ -767,12 +766,13 @@ def build_operator_router() -> APIRouter:
             return _html(render("notfound.html", what=f"zaak {case_id}"), 404)
         case, handoffs = found
         timeline = await state.store.timeline(case_id)
-        index = {h.handoff_id: n for n, h in enumerate(sorted(handoffs, key=lambda h: h.offered_at), 1)}
+        ordered = sorted(handoffs, key=lambda h: h.offered_at)
+        index = {h.handoff_id: n for n, h in enumerate(ordered, 1)}
         return _html(
             render(
                 "case.html",
                 case=case,
-                handoffs=sorted(handoffs, key=lambda h: h.offered_at),
+                handoffs=ordered,
                 timeline=timeline,
                 index=index,
                 now=datetime.now(UTC),
@@ -867,4 +867,3 @@ __all__ = [
     "build_operator_router",
     "gather_overview",
 ]
-
