@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import FastAPI
 from redis.exceptions import RedisError
 
-from loket_handoff import api, subscribers
+from loket_handoff import api, operator, subscribers
 from loket_handoff.businesshours import calendar_for
 from loket_handoff.clock import Clock, SystemClock
 from loket_handoff.errors import Retryable
@@ -127,6 +127,7 @@ def create_app(
     app.state.handoff_keys = settings.key_hashes()
     app.state.handoff_metrics = metrics
     app.include_router(api.build_router())
+    app.include_router(operator.build_operator_router())
     app.add_exception_handler(api.HTTPProblem, api.problem_handler)
     for exc_type in (Retryable, RedisError, OSError):
         app.add_exception_handler(exc_type, api.unavailable_handler)
