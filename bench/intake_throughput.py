@@ -6,13 +6,14 @@
 Starts intake with ``python -m loket_intake`` in a subprocess (uvloop + httptools, JSON
 logs to a file) on a free port, with a fresh topic prefix and Redis key prefix, against
 the Kafka and Redis in LOKET_KAFKA_BOOTSTRAP / LOKET_REDIS_URL (default 127.0.0.1).
-Drives it with httpx async clients:
+Drives it with a minimal asyncio HTTP/1.1 keep-alive client (cheap on CPU):
 
 1. fixed rate (open loop): ``--rate`` requests/s for ``--fixed-seconds``; latency is
    measured from each request's *scheduled* start (no coordinated omission);
 2. max rate (closed loop): ``--concurrency`` clients back to back for ``--max-seconds``.
 
-Every request is a realistic question (BSN, consent, contact) with its own
+Also reports intake's own CPU time per accepted question (robust against other load
+on the machine). Every request is a realistic question (BSN, consent, contact) with its own
 Idempotency-Key; a 202 means Kafka acknowledged the event (acks=all). Prints one JSON
 summary. This is a script, not a test.
 """
@@ -91,18 +92,90 @@ def summary(latencies: list[float], ok: int, failed: int, seconds: float) -> dic
     }
 
 
-async def one(client: httpx.AsyncClient, i: int) -> bool:
-    resp = await client.post(
-        "/api/v1/questions",
-        content=body(i),
-        headers={**HEADERS, "Idempotency-Key": f"bench-{uuid.uuid4().hex}"},
-    )
-    return resp.status_code == 202
+class Connection:
+    """A minimal HTTP/1.1 keep-alive client (the load generator must cost little CPU:
+    it shares the 2 cores with intake, Kafka and Redis; httpx costs ~1 ms per request)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post_question(self, i: int) -> bool:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        payload = body(i)
+        head = (
+            f"POST /api/v1/questions HTTP/1.1\r\nHost: {self.host}\r\n"
+            f"X-API-Key: {HEADERS['X-API-Key']}\r\nContent-Type: application/json\r\n"
+            f"Idempotency-Key: bench-{uuid.uuid4().hex}\r\n"
+            f"Content-Length: {len(payload)}\r\n\r\n"
+        )
+        self.writer.write(head.encode() + payload)
+        status_line = await self.reader.readline()
+        length = 0
+        while True:
+            line = await self.reader.readline()
+            if line in (b"\r\n", b""):
+                break
+            name, _, value = line.decode("latin-1").partition(":")
+            if name.strip().lower() == "content-length":
+                length = int(value.strip())
+        if length:
+            await self.reader.readexactly(length)
+        return status_line.split(b" ", 2)[1:2] == [b"202"]
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+class Pool:
+    def __init__(self, base: str, size: int) -> None:
+        host, _, port = base.removeprefix("http://").partition(":")
+        self.free: asyncio.Queue[Connection] = asyncio.Queue()
+        self.all = [Connection(host, int(port)) for _ in range(size)]
+        for c in self.all:
+            self.free.put_nowait(c)
+
+    async def post_question(self, i: int) -> bool:
+        conn = await self.free.get()
+        try:
+            return await conn.post_question(i)
+        except (OSError, asyncio.IncompleteReadError, IndexError, ValueError):
+            conn.close()
+            conn.writer = conn.reader = None
+            return False
+        finally:
+            self.free.put_nowait(conn)
+
+    def close(self) -> None:
+        for c in self.all:
+            c.close()
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process and its live worker processes so far (Linux /proc)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+
+    def own(p: int) -> float:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / ticks
+
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return own(pid) + sum(own(int(c)) for c in children)
 
 
 async def fixed_rate(base: str, rate: float, seconds: float) -> dict[str, Any]:
-    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30) as client:
+    client = Pool(base, 128)
+    try:
         total = int(rate * seconds)
         latencies: list[float] = []
         ok = failed = 0
@@ -115,7 +188,7 @@ async def fixed_rate(base: str, rate: float, seconds: float) -> dict[str, Any]:
             delay = scheduled - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)  # open-loop schedule
-            good = await one(client, i)
+            good = await client.post_question(i)
             latencies.append(loop.time() - scheduled)
             if good:
                 ok += 1
@@ -124,11 +197,13 @@ async def fixed_rate(base: str, rate: float, seconds: float) -> dict[str, Any]:
 
         await asyncio.gather(*(fire(i) for i in range(total)))
         return summary(latencies, ok, failed, loop.time() - start)
+    finally:
+        client.close()
 
 
 async def max_rate(base: str, concurrency: int, seconds: float) -> dict[str, Any]:
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30) as client:
+    client = Pool(base, concurrency)
+    try:
         loop = asyncio.get_running_loop()
         start = loop.time()
         deadline = start + seconds
@@ -140,7 +215,7 @@ async def max_rate(base: str, concurrency: int, seconds: float) -> dict[str, Any
             i = w
             while loop.time() < deadline:
                 t0 = loop.time()
-                good = await one(client, i)
+                good = await client.post_question(i)
                 latencies.append(loop.time() - t0)
                 ok += good
                 failed += not good
@@ -148,6 +223,8 @@ async def max_rate(base: str, concurrency: int, seconds: float) -> dict[str, Any
 
         await asyncio.gather(*(worker(w) for w in range(concurrency)))
         return summary(latencies, ok, failed, loop.time() - start)
+    finally:
+        client.close()
 
 
 async def wait_ready(base: str, proc: subprocess.Popen[bytes], wait_s: float = 60) -> None:
@@ -178,15 +255,24 @@ async def drive(
         "log_level": args.log_level,
     }
     if not args.skip_fixed:
+        cpu0 = cpu_seconds(proc.pid)
+        fixed = await fixed_rate(base, args.rate, args.fixed_seconds)
+        cpu = cpu_seconds(proc.pid) - cpu0
         result["fixed_rate"] = {
             "target_per_s": args.rate,
-            **await fixed_rate(base, args.rate, args.fixed_seconds),
+            **fixed,
+            "intake_cpu_ms_per_request": round(1000 * cpu / max(1, fixed["accepted"]), 3),
         }
     if not args.skip_max:
+        cpu0 = cpu_seconds(proc.pid)
+        top = await max_rate(base, args.concurrency, args.max_seconds)
+        cpu = cpu_seconds(proc.pid) - cpu0
         result["max_rate"] = {
             "concurrency": args.concurrency,
-            **await max_rate(base, args.concurrency, args.max_seconds),
+            **top,
+            "intake_cpu_ms_per_request": round(1000 * cpu / max(1, top["accepted"]), 3),
         }
+    result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     return result
 
 
