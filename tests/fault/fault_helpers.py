@@ -44,7 +44,7 @@ class FlowResult:
             f"{len(self.snap.deliveries)} delivered, "
             f"fault at {self.fault_at_accepted} accepted, statuses "
             f"{dict(self.driver.status_counts)}, responder actions "
-            f"{dict(self.responders.actions)}, {self.seconds:.1f}s"
+            f"{dict(self.responders.actions)}, {self.seconds:.1f}s {self.notes}"
         )
 
 
@@ -63,26 +63,34 @@ async def run_flow(
     rate: float | None = 200.0,
     fault: Fault | None = None,
     fault_after: float = 0.3,
+    faults: list[tuple[float, Fault]] | None = None,
     responders: bool = True,
     seed: int = 1,
     settle_quiet_s: float = 3.0,
 ) -> FlowResult:
     """``n`` questions at ``rate``/s with agency responders; ``fault`` runs once a fraction
-    ``fault_after`` of them is accepted. Afterwards waits until every accepted question is
-    routed and the topics are quiet, then snapshots and checks the invariants."""
+    ``fault_after`` of them is accepted (or each of ``faults`` at its fraction).
+
+    Afterwards waits until every accepted question is routed and the topics are quiet,
+    then snapshots and checks the invariants."""
     started = time.monotonic()
     agencies = AgencyResponders(stack.bootstrap, lambda: stack.url("handoff"))
     if responders:
         await agencies.start()
     driver = TrafficDriver(lambda: stack.url("intake"), seed=seed, retry_deadline_s=240)
     fault_at = 0
+    marks: dict[str, float] = {}
     try:
         traffic = asyncio.create_task(driver.run(n, rate=rate))
-        if fault is not None:
-            await wait_accepted(driver, int(n * fault_after))
-            fault_at = len(driver.accepted)
-            await fault(stack, driver)
+        plan = sorted(faults or []) + ([(fault_after, fault)] if fault is not None else [])
+        for i, (fraction, inject) in enumerate(plan):
+            await wait_accepted(driver, int(n * fraction))
+            fault_at = fault_at or len(driver.accepted)
+            marks[f"fault{i}_start"] = time.monotonic() - started
+            await inject(stack, driver)
+            marks[f"fault{i}_end"] = time.monotonic() - started
         await traffic
+        marks["traffic_done"] = time.monotonic() - started
         cases = set(driver.accepted.values())
         await wait_events(
             stack.bootstrap,
@@ -95,10 +103,12 @@ async def run_flow(
             count=len(cases),
             within=180,
         )
+        marks["all_routed"] = time.monotonic() - started
         await agencies.idle(120)
         await settle(stack.bootstrap, stack.topic_prefix, quiet_s=settle_quiet_s, within=240)
         await agencies.idle(60)
         await settle(stack.bootstrap, stack.topic_prefix, quiet_s=settle_quiet_s, within=240)
+        marks["settled"] = time.monotonic() - started
     finally:
         if responders:
             await agencies.stop()
@@ -106,8 +116,15 @@ async def run_flow(
     snap = await snapshot(stack.bootstrap, stack.topic_prefix)
     violations = check_all(snap, driver.accepted)
     violations += [f"never accepted: {s.token} {s.final_error}" for s in driver.failed]
+    marks["checked"] = time.monotonic() - started
     return FlowResult(
-        snap, driver, agencies, violations, time.monotonic() - started, fault_at_accepted=fault_at
+        snap,
+        driver,
+        agencies,
+        violations,
+        time.monotonic() - started,
+        fault_at_accepted=fault_at,
+        notes={"marks": {k: round(v, 1) for k, v in marks.items()}},
     )
 
 
