@@ -42,6 +42,7 @@ lint: sync
 test: lint
 	deploy/local/kafka.sh start
 	deploy/local/redis.sh start
+	bash deploy/local/chromium.sh
 	$(UV) run pytest $(PYTEST_ARGS) schemas libs services tests
 
 schemas: sync
