@@ -58,7 +58,7 @@ GAUGE_REFRESH_S = 5.0
 """Seconds between refreshes of the operator gauges from the store."""
 CACHE_S = 1.0
 """An overview is reused for this long (page, fragment and gauges share one read)."""
-LIST_LIMIT = 50
+LIST_LIMIT = 25
 """Rows shown in the at-risk, breached and escalation tables."""
 SCAN_LIMIT = 1000
 """At-risk/breached handoffs read for the per-agency counts (totals are exact)."""
@@ -693,6 +693,7 @@ def templates() -> jinja2.Environment:
             STATE_NL=STATE_NL,
             KIND_NL=KIND_NL,
             SLA_NL=SLA_NL,
+            REASON_NL=REASON_NL,
             ROLE_NL=ROLE_NL,
             REFRESH_S=REFRESH_S,
             LIST_LIMIT=LIST_LIMIT,
