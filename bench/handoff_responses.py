@@ -117,9 +117,12 @@ async def main(count: int) -> None:
             accept_s = time.perf_counter() - t1
         finally:
             await producer.stop()
-            keys = [k async for k in store.redis.scan_iter(match=f"bench:{run}:*", count=1000)]
-            for i in range(0, len(keys), 1000):
-                await store.redis.delete(*keys[i : i + 1000])
+    # clean up after the app stopped (else its sweep would rebuild the deleted projection)
+    redis = Redis.from_url(settings.redis_url)
+    keys = [k async for k in redis.scan_iter(match=f"bench:{run}:*", count=1000)]
+    for i in range(0, len(keys), 1000):
+        await redis.delete(*keys[i : i + 1000])
+    await redis.aclose()
     print(f"handoffs opened (CaseRouted -> HandoffOffered): {count:,} in {offered_s:.1f}s "
           f"= {count / offered_s:,.0f}/s")  # fmt: skip
     print(f"responses processed (AcceptHandoff -> HandoffAccepted, applied): {count:,} in "

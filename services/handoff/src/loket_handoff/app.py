@@ -1,8 +1,9 @@
 """Composition root of the handoff service: ``create_app(settings)`` builds everything.
 
 Nothing connects at import time or in ``create_app``; Kafka and Redis connect in the
-FastAPI lifespan (see loket_runtime.service.ServiceRuntime). On start the projection is
-rebuilt from Kafka when its marker is missing, then the SLA timer sweep starts.
+FastAPI lifespan (see loket_runtime.service.ServiceRuntime). On start the producer starts,
+the projection is rebuilt from Kafka when its marker is missing, then the batch consumer
+(:mod:`loket_handoff.consumer`) and the SLA timer sweep start.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from redis.exceptions import RedisError
 from loket_handoff import api, operator, subscribers
 from loket_handoff.businesshours import calendar_for
 from loket_handoff.clock import Clock, SystemClock
+from loket_handoff.consumer import HandoffConsumer
 from loket_handoff.errors import Retryable
 from loket_handoff.handlers import HandoffService
 from loket_handoff.metrics import HandoffMetrics
@@ -53,7 +55,12 @@ def create_app(
         log=rt.log,
         on_rebuilt=metrics.rebuilds.inc,
     )
-    publisher = subscribers.KafkaPublisher(None)
+    publisher = subscribers.KafkaPublisher(
+        bootstrap=settings.kafka_bootstrap,
+        topic=rt.topic(topics.HANDOFFS),
+        dlq_topic=rt.topic(topics.DLQ),
+        timeout_s=settings.kafka_delivery_timeout_s,
+    )
     service = HandoffService(
         store=store,
         publisher=publisher,
@@ -64,14 +71,22 @@ def create_app(
         ensure_ready=rebuilder.ensure_ready,
         log=rt.log,
     )
-    publishers = subscribers.register(
-        rt.broker,
+    processor = subscribers.BatchProcessor(
         service,
+        subscribers.DlqPublisher(publisher),
         prefix=settings.topic_prefix,
-        group_id=settings.topic_prefix + settings.handoff_group_id,
+        concurrency=settings.handoff_concurrency,
         log=rt.log,
     )
-    publisher.publisher = publishers.handoffs
+    consumer = HandoffConsumer(
+        processor,
+        bootstrap=settings.kafka_bootstrap,
+        topics=processor.topics,
+        group_id=settings.topic_prefix + settings.handoff_group_id,
+        metrics=metrics,
+        log=rt.log,
+        max_records=settings.handoff_batch_max_records,
+    )
 
     tasks: list[asyncio.Task[Any]] = []
 
@@ -102,15 +117,19 @@ def create_app(
 
     @rt.on_startup
     async def start() -> None:
+        await publisher.start()
         await rebuilder.ensure_ready()
+        await consumer.start()
         tasks.append(asyncio.create_task(sweep_forever(), name="handoff-sla-sweep"))
 
     @rt.on_shutdown
     async def stop() -> None:
+        await consumer.stop()  # the batch in flight finishes (and commits) first
         for task in tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await publisher.stop()
 
     app = FastAPI(
         title="Loket handoff",
@@ -123,7 +142,9 @@ def create_app(
     app.state.handoff_service = service
     app.state.handoff_store = store
     app.state.handoff_rebuilder = rebuilder
-    app.state.handoff_publishers = publishers
+    app.state.handoff_publisher = publisher
+    app.state.handoff_processor = processor
+    app.state.handoff_consumer = consumer
     app.state.handoff_keys = settings.key_hashes()
     app.state.handoff_metrics = metrics
     app.include_router(api.build_router())

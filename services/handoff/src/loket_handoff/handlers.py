@@ -4,15 +4,25 @@ Every decision follows the same path, under the per-case Redis lock:
 
 1. load the case projection from Redis;
 2. decide (pure domain functions);
-3. publish the resulting events to loket.handoffs.v1, awaiting the broker ack;
+3. publish the resulting events to loket.handoffs.v1, awaiting the broker acks (all
+   events of one decision are sent together, then all acks are awaited);
 4. apply them to the projection right away (idempotent: when they come back through
-   the consumer, their event id is already on the case timeline).
+   the consumer, their event id is already on the case timeline, and this process
+   remembers the ids it applied recently, so the echo costs no Redis round trip).
+
+Each public use case takes the case lock and loads the case itself. The Kafka batch
+consumer (:mod:`loket_handoff.subscribers`) instead opens one :meth:`case_session` per
+case and batch (one lock, one load) and calls the ``*_in`` variants for every record of
+that case, in order: the loaded case is updated in place by each apply.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -22,6 +32,7 @@ from loket_handoff.clock import Clock
 from loket_handoff.domain import (
     Accepted,
     Decision,
+    Handoff,
     Rejected,
     RejectionKind,
     decide_command,
@@ -59,12 +70,35 @@ COMMAND_NAMES: dict[type[HandoffCommand], str] = {
 }
 
 
+#: Event ids this process applied recently (the echo of our own publishes is skipped).
+RECENT_KEEP = 100_000
+#: Timers fired concurrently by one sweep (different cases run in parallel; one case is
+#: serialised by its lock).
+TIMER_CONCURRENCY = 32
+
+
 class Publisher(Protocol):
     """Publishes one message on loket.handoffs.v1 and returns after the broker ack."""
 
     async def publish(
         self, message: Message, *, event_id: str, trace: TraceContext | None
     ) -> None: ...
+
+
+async def publish_all(
+    publisher: Publisher, items: Sequence[tuple[Message, str, TraceContext | None]]
+) -> None:
+    """Publish ``items`` in order and return after every broker ack.
+
+    A publisher with ``publish_many`` sends them all before awaiting the acks (same
+    partition: same order); otherwise they are published one by one.
+    """
+    many = getattr(publisher, "publish_many", None)
+    if many is not None and len(items) > 1:
+        await many(items)
+        return
+    for message, event_id, trace in items:
+        await publisher.publish(message, event_id=event_id, trace=trace)
 
 
 @dataclass(frozen=True)
@@ -96,57 +130,82 @@ class HandoffService:
         self.metrics = metrics
         self._ensure_ready = ensure_ready
         self.log = log
+        self._recent: OrderedDict[str, None] = OrderedDict()
 
     async def ensure_ready(self) -> None:
         if self._ensure_ready is not None:
             await self._ensure_ready()
+
+    # ------------------------------------------------------------------ sessions
+
+    @contextlib.asynccontextmanager
+    async def case_session(self, case_id: str) -> AsyncIterator[LoadedCase]:
+        """Hold the case lock and the loaded case for several records of one case."""
+        async with self.store.lock(case_id):
+            yield await self.store.load(case_id)
+
+    def recently_applied(self, event_id: str) -> bool:
+        """True if this process applied ``event_id`` to the projection (bounded memory).
+
+        Safe to skip such an event: it is on the case timeline; if Redis was wiped since,
+        the rebuild replays it from Kafka (it was acknowledged before it was applied).
+        """
+        return event_id in self._recent
+
+    def _remember(self, event_ids: Sequence[str]) -> None:
+        for event_id in event_ids:
+            self._recent[event_id] = None
+        while len(self._recent) > RECENT_KEEP:
+            self._recent.popitem(last=False)
 
     # ------------------------------------------------------------------ events in
 
     async def on_case_routed(self, envelope: Envelope[CaseRouted]) -> list[HandoffEvent]:
         """Record the routing and open one handoff per assignment that has none open."""
         await self.ensure_ready()
+        async with self.case_session(envelope.data.case_id) as loaded:
+            return await self.case_routed_in(loaded, envelope)
+
+    async def case_routed_in(
+        self, loaded: LoadedCase, envelope: Envelope[CaseRouted]
+    ) -> list[HandoffEvent]:
         routed = envelope.data
-        trace = _child(envelope)
-        async with self.store.lock(routed.case_id):
-            loaded = await self.store.load(routed.case_id)
-            applied = await self.store.apply(
-                loaded, [(envelope.attributes.id, routed, envelope.attributes.time)]
-            )
-            route_seq = applied.route_seq if applied.route_seq is not None else 0
-            now = self.clock.now()
-            offers = decide_routing(
-                loaded.case,
-                list(loaded.projection.handoffs.values()),
-                routed,
-                route_seq=route_seq,
-                now=now,
-                catalog=self.catalog,
-                calendar=self.calendar,
-            )
-            await self._publish_and_apply(loaded, offers, 0, trace, now)
+        applied = await self.store.apply(
+            loaded, [(envelope.attributes.id, routed, envelope.attributes.time)]
+        )
+        route_seq = applied.route_seq if applied.route_seq is not None else 0
+        now = self.clock.now()
+        offers = decide_routing(
+            loaded.case,
+            list(loaded.projection.handoffs.values()),
+            routed,
+            route_seq=route_seq,
+            now=now,
+            catalog=self.catalog,
+            calendar=self.calendar,
+        )
+        await self._publish_and_apply(loaded, offers, 0, _child(envelope), now)
         return list(offers)
 
     async def on_handoff_event(self, envelope: Envelope[Any]) -> bool:
         """Apply a lifecycle event (ours or another instance's) to the projection."""
         await self.ensure_ready()
-        event = envelope.data
-        async with self.store.lock(event.case_id):
-            loaded = await self.store.load(event.case_id)
-            applied = await self.store.apply(
-                loaded, [(envelope.attributes.id, event, envelope.attributes.time)]
-            )
+        if self.recently_applied(envelope.attributes.id):
+            return False
+        async with self.case_session(envelope.data.case_id) as loaded:
+            return await self.handoff_event_in(loaded, envelope)
+
+    async def handoff_event_in(self, loaded: LoadedCase, envelope: Envelope[Any]) -> bool:
+        applied = await self.store.apply(
+            loaded, [(envelope.attributes.id, envelope.data, envelope.attributes.time)]
+        )
         return bool(applied.new_events)
 
     async def on_consent(self, envelope: Envelope[ConsentGiven | ConsentWithdrawn]) -> bool:
         """Record consent changes on the case timeline."""
         await self.ensure_ready()
-        return await self.store.record_only(
-            envelope.data.case_id,
-            envelope.attributes.id,
-            envelope.data,
-            envelope.attributes.time,
-        )
+        async with self.case_session(envelope.data.case_id) as loaded:
+            return await self.handoff_event_in(loaded, envelope)
 
     # ------------------------------------------------------------------ commands
 
@@ -161,28 +220,41 @@ class HandoffService:
     ) -> CommandOutcome:
         """Decide an agency response; publish the events or (via Kafka) a rejection."""
         await self.ensure_ready()
-        name = COMMAND_NAMES.get(type(command), "unknown")
-        async with self.store.lock(command.case_id):
-            loaded = await self.store.load(command.case_id)
-            handoff = loaded.projection.handoffs.get(command.handoff_id)
-            now = self.clock.now()
-            decision = decide_command(
-                loaded.case,
-                handoff,
-                command,
-                actor=actor,
-                now=now,
-                catalog=self.catalog,
-                calendar=self.calendar,
+        async with self.case_session(command.case_id) as loaded:
+            return await self.command_in(
+                loaded, command, command_id=command_id, actor=actor, via=via, trace=trace
             )
-            if isinstance(decision, Rejected):
-                self.metrics.responses.labels(name, via, decision.kind.value).inc()
-                if via == "kafka":
-                    await self._reject(loaded, command, command_id, decision, trace, now)
-                return CommandOutcome(decision)
-            version = handoff.version if handoff else 0
-            events = decision.events
-            await self._publish_and_apply(loaded, events, version, trace, now)
+
+    async def command_in(
+        self,
+        loaded: LoadedCase,
+        command: HandoffCommand,
+        *,
+        command_id: str,
+        actor: str,
+        via: str,
+        trace: TraceContext | None = None,
+    ) -> CommandOutcome:
+        name = COMMAND_NAMES.get(type(command), "unknown")
+        handoff = loaded.projection.handoffs.get(command.handoff_id)
+        now = self.clock.now()
+        decision = decide_command(
+            loaded.case,
+            handoff,
+            command,
+            actor=actor,
+            now=now,
+            catalog=self.catalog,
+            calendar=self.calendar,
+        )
+        if isinstance(decision, Rejected):
+            self.metrics.responses.labels(name, via, decision.kind.value).inc()
+            if via == "kafka":
+                await self._reject(loaded, command, command_id, decision, trace, now)
+            return CommandOutcome(decision)
+        version = handoff.version if handoff else 0
+        events = decision.events
+        await self._publish_and_apply(loaded, events, version, trace, now)
         outcome = "duplicate" if decision.duplicate else "ok"
         self.metrics.responses.labels(name, via, outcome).inc()
         return CommandOutcome(decision, events)
@@ -198,19 +270,37 @@ class HandoffService:
     ) -> None:
         """A command on Kafka that failed validation: publish HandoffResponseRejected."""
         await self.ensure_ready()
+        async with self.case_session(case_id) as loaded:
+            await self.reject_invalid_in(
+                loaded,
+                case_id=case_id,
+                handoff_id=handoff_id,
+                command_id=command_id,
+                reason=reason,
+                trace=trace,
+            )
+
+    async def reject_invalid_in(
+        self,
+        loaded: LoadedCase,
+        *,
+        case_id: str,
+        handoff_id: str,
+        command_id: str,
+        reason: str,
+        trace: TraceContext | None = None,
+    ) -> None:
         rejected = Rejected(RejectionKind.INVALID, reason)
         self.metrics.responses.labels("unknown", "kafka", rejected.kind.value).inc()
-        async with self.store.lock(case_id):
-            loaded = await self.store.load(case_id)
-            now = self.clock.now()
-            event = HandoffResponseRejected(
-                case_id=case_id,
-                handoff_id=handoff_id[:64],
-                command_id=command_id[:64],
-                reason=reason[:1000],
-                occurred_at=now,
-            )
-            await self._publish_rejection(loaded, event, command_id, trace, now)
+        now = self.clock.now()
+        event = HandoffResponseRejected(
+            case_id=case_id,
+            handoff_id=handoff_id[:64],
+            command_id=command_id[:64],
+            reason=reason[:1000],
+            occurred_at=now,
+        )
+        await self._publish_rejection(loaded, event, command_id, trace, now)
 
     async def _reject(
         self,
@@ -242,17 +332,32 @@ class HandoffService:
         await self.publisher.publish(event, event_id=event_id, trace=trace)
         if loaded.case is not None:  # a timeline exists only for known cases
             await self.store.apply(loaded, [(event_id, event, now)])
+            self._remember([event_id])
 
     # ------------------------------------------------------------------ timers
 
     async def fire_due_timers(self, *, limit: int = 500, lease_s: float = 30.0) -> int:
-        """Claim due SLA timers (atomically: each fires on one instance) and handle them."""
+        """Claim due SLA timers (atomically: each fires on one instance) and handle them.
+
+        Claimed timers fire concurrently (bounded); each under its case lock.
+        """
         await self.ensure_ready()
         now = self.clock.now()
         await self.store.reap_leases(now)
         claimed = await self.store.claim_due(now, limit, lease_s)
-        for handoff_id in claimed:
-            await self._fire(handoff_id)
+        if not claimed:
+            return 0
+        gate = asyncio.Semaphore(TIMER_CONCURRENCY)
+
+        async def fire(handoff_id: str) -> None:
+            async with gate:
+                await self._fire(handoff_id)
+
+        results = await asyncio.gather(*(fire(h) for h in claimed), return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            # the others fired; the failed claims return after their lease expires
+            raise errors[0]
         return len(claimed)
 
     async def _fire(self, handoff_id: str) -> None:
@@ -260,17 +365,19 @@ class HandoffService:
         if current is None:
             await self.store.release(handoff_id)
             return
-        async with self.store.lock(current.case_id):
-            loaded = await self.store.load(current.case_id)
+        async with self.case_session(current.case_id) as loaded:
             handoff = loaded.projection.handoffs.get(handoff_id)
             if handoff is None:
                 await self.store.release(handoff_id)
                 return
-            now = self.clock.now()
-            events = decide_timer(handoff, now)
-            await self._publish_and_apply(loaded, events, handoff.version, None, now)
-            self.metrics.timers_fired.inc()
-            await self.store.reschedule(loaded.projection.handoffs[handoff_id])
+            await self._fire_in(loaded, handoff)
+
+    async def _fire_in(self, loaded: LoadedCase, handoff: Handoff) -> None:
+        now = self.clock.now()
+        events = decide_timer(handoff, now)
+        await self._publish_and_apply(loaded, events, handoff.version, None, now)
+        self.metrics.timers_fired.inc()
+        await self.store.reschedule(loaded.projection.handoffs[handoff.handoff_id])
 
     # ------------------------------------------------------------------ shared
 
@@ -285,10 +392,13 @@ class HandoffService:
         if not events:
             return
         items: list[tuple[str, Message, datetime]] = []
+        out: list[tuple[Message, str, TraceContext | None]] = []
         for event in events:
             event_id = event_id_for(event.handoff_id, event.EVENT_TYPE, version)
-            await self.publisher.publish(event, event_id=event_id, trace=trace)
             items.append((event_id, event, now))
+            out.append((event, event_id, trace))
+        await publish_all(self.publisher, out)  # every broker ack before the apply
+        for event in events:
             before = loaded.projection.handoffs.get(event.handoff_id)
             latency = (
                 (event.occurred_at - before.offered_at).total_seconds()
@@ -297,6 +407,7 @@ class HandoffService:
             )
             self.metrics.published(event, latency)
         await self.store.apply(loaded, items)
+        self._remember([event_id for event_id, _, _ in items])
 
 
 def _child(envelope: Envelope[Any]) -> TraceContext | None:

@@ -70,6 +70,33 @@ class HandoffMetrics:
         self.timers_fired = Counter(
             "loket_handoff_timers_fired", "SLA timers claimed and handled.", registry=registry
         )
+        self.batches = Histogram(
+            "loket_handoff_consumer_batch_records",
+            "Records per consumed batch (committed with one offset commit).",
+            buckets=(1, 5, 10, 25, 50, 100, 200, 500, 1000),
+            registry=registry,
+        )
+        self.batch_seconds = Histogram(
+            "loket_handoff_consumer_batch_seconds",
+            "Time to handle and commit one consumed batch.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=registry,
+        )
+        self.batch_retries = Counter(
+            "loket_handoff_consumer_batch_retries",
+            "Retries of failed case groups within a batch.",
+            registry=registry,
+        )
+        self.commit_failures = Counter(
+            "loket_handoff_consumer_commit_failures",
+            "Offset commits that failed (rebalance or coordinator trouble).",
+            registry=registry,
+        )
+        self.consumer_restarts = Counter(
+            "loket_handoff_consumer_restarts",
+            "Restarts of the consumer loop (from the committed offsets).",
+            registry=registry,
+        )
         self.rebuilds = Counter(
             "loket_handoff_rebuilds", "Projection rebuilds from Kafka.", registry=registry
         )

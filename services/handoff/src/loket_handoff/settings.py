@@ -45,6 +45,10 @@ class HandoffSettings(BaseServiceSettings):
     handoff_timers_enabled: bool = True
     #: Consumer group of this service.
     handoff_group_id: str = "loket-handoff"
+    #: Records per consumed batch (one offset commit per batch).
+    handoff_batch_max_records: int = Field(default=500, ge=1)
+    #: Cases handled concurrently within a batch (each case's records stay in order).
+    handoff_concurrency: int = Field(default=64, ge=1)
 
     def key_hashes(self) -> dict[str, str]:
         """sha256 -> principal: an agency code, ``operator`` or ``desk``."""

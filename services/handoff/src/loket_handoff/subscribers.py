@@ -1,28 +1,36 @@
-"""Kafka adapters of the handoff service (thin: decode, dead-letter poison, call handlers).
+"""Kafka adapters of the handoff service: batch processing of consumed records, publishing.
 
-Ack policy NACK_ON_ERROR: a handler that raises (Kafka/Redis trouble, lock contention)
-leaves the offset uncommitted and the record is redelivered; poison records are
-dead-lettered to loket.dlq.v1 and then acknowledged (never caught, logged and acked).
+:class:`BatchProcessor` handles one batch from the consumer loop
+(:mod:`loket_handoff.consumer`): records are grouped by key (= case id); the groups run
+concurrently (bounded), the records of one group in offset order under ONE case lock and
+ONE projection load (:meth:`HandoffService.case_session`). Poison records are
+dead-lettered to loket.dlq.v1 (awaiting the ack) and count as handled; a group whose
+handling raises (Kafka/Redis trouble, lock contention, a bug) is reported back as failed
+and retried by the loop; offsets are committed only when every group of the batch is
+done (never caught, logged and committed).
+
+:class:`KafkaPublisher` publishes with a raw aiokafka producer (``acks="all"``,
+idempotent): ``publish_many`` sends every event of one decision, then awaits all acks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import uuid
-from dataclasses import dataclass
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from faststream import AckPolicy
-from faststream.kafka import KafkaBroker
-from faststream.kafka.annotations import KafkaMessage
-from faststream.kafka.publisher import DefaultPublisher
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 
 from loket_handoff.errors import Retryable
 from loket_handoff.handlers import HandoffService
 from loket_handoff.rebuild import PROJECTED
+from loket_handoff.store import LoadedCase
 from loket_schemas import topics
 from loket_schemas.events import (
     AcceptHandoff,
@@ -38,6 +46,7 @@ from loket_schemas.events import (
 )
 from loket_schemas.kafka import (
     DecodeError,
+    Envelope,
     InvalidPayload,
     decode,
     decode_attributes,
@@ -53,44 +62,109 @@ COMMANDS: tuple[type[Message], ...] = (
     ResolveHandoff,
     EscalateHandoff,
 )
-RETRY_BACKOFF_S = 0.5
 
 
 class KafkaPublisher:
-    """Publishes on loket.handoffs.v1 with the CloudEvents binding; awaits the broker ack."""
+    """Publishes on loket.handoffs.v1 (and the DLQ) with the CloudEvents binding.
 
-    def __init__(self, publisher: Any) -> None:
-        self.publisher = publisher
+    Raw aiokafka producer with ``acks="all"`` and idempotence, started in the app
+    lifespan. Every publish returns only after the broker ack; an ack that does not come
+    within ``timeout_s`` (Kafka down) raises :class:`Retryable` (loudly, nothing dropped).
+    """
+
+    def __init__(
+        self,
+        *,
+        bootstrap: str,
+        topic: str,
+        dlq_topic: str,
+        timeout_s: float = 30.0,
+        linger_ms: int = 2,
+        client_id: str = "handoff",
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.dlq_topic = dlq_topic
+        self.timeout_s = timeout_s
+        self.linger_ms = linger_ms
+        self.client_id = client_id
+        self.producer: AIOKafkaProducer | None = None
+
+    async def start(self) -> None:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap,
+            client_id=self.client_id,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=self.linger_ms,
+        )
+        await producer.start()
+        self.producer = producer
+
+    async def stop(self, timeout_s: float = 10.0) -> None:
+        producer, self.producer = self.producer, None
+        if producer is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(producer.stop(), timeout_s)
 
     async def publish(self, message: Message, *, event_id: str, trace: TraceContext | None) -> None:
-        record = encode(
-            message,
-            source=SOURCE,
-            trace=trace,
-            event_id=event_id,
-            time=getattr(message, "occurred_at", None),
+        await self.publish_many([(message, event_id, trace)])
+
+    async def publish_many(self, items: Sequence[tuple[Message, str, TraceContext | None]]) -> None:
+        """Send every message (in order), then await all broker acks."""
+        records = []
+        for message, event_id, trace in items:
+            record = encode(
+                message,
+                source=SOURCE,
+                trace=trace,
+                event_id=event_id,
+                time=getattr(message, "occurred_at", None),
+            )
+            records.append((record.value, record.key, list(record.headers)))
+        await self.send(self.topic, records)
+
+    async def send(self, topic: str, records: Sequence[tuple[bytes, bytes, list[Any]]]) -> None:
+        producer = self.producer
+        if producer is None:
+            raise Retryable("Kafka producer not started")
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                futures = [
+                    await producer.send(topic, value, key=key, headers=headers)
+                    for value, key, headers in records
+                ]
+                await asyncio.gather(*futures)
+        except TimeoutError as exc:
+            raise Retryable(f"publish to {topic!r} not acknowledged within {self.timeout_s:g}s"
+                            ) from exc  # fmt: skip
+        except KafkaError as exc:
+            raise Retryable(f"publish to {topic!r} failed: {type(exc).__name__}: {exc}") from exc
+
+
+class DlqPublisher:
+    """The dead-letter port of :func:`dead_letter` over :class:`KafkaPublisher`."""
+
+    def __init__(self, publisher: KafkaPublisher) -> None:
+        self.publisher = publisher
+
+    async def publish(self, value: bytes, *, key: bytes, headers: dict[str, str]) -> None:
+        await self.publisher.send(
+            self.publisher.dlq_topic,
+            [(value, key, [(k, v.encode()) for k, v in headers.items()])],
         )
-        await self.publisher.publish(record.value, key=record.key, headers=record.headers_dict())
-
-
-@dataclass
-class Publishers:
-    handoffs: DefaultPublisher
-    dlq: DefaultPublisher
-
-
-def _raw(msg: Any) -> Any:
-    return msg.raw_message
 
 
 async def dead_letter(dlq: Any, msg: Any, topic: str, error: Exception) -> None:
-    record = _raw(msg)
+    """Dead-letter the record of a FastStream-style message (``msg.raw_message``)."""
+    await dead_letter_record(dlq, msg.raw_message, topic, error)
+
+
+async def dead_letter_record(dlq: Any, record: Any, topic: str, error: Exception) -> None:
+    """Publish ``MessageDeadLettered`` (original coordinates, value and headers) and await
+    the ack; ``dlq.publish(value, key=..., headers=dict)``."""
     key = record.key.decode("utf-8", "replace") if record.key else "unknown"
-    case_id = (
-        key
-        if key and len(key) <= 64 and all(c.isalnum() or c in "_.:-" for c in key)
-        else "unknown"
-    )
+    case_id = key if _safe_id(key) else "unknown"
     event = MessageDeadLettered(
         case_id=case_id,
         service="handoff",
@@ -111,93 +185,166 @@ async def dead_letter(dlq: Any, msg: Any, topic: str, error: Exception) -> None:
     await dlq.publish(out.value, key=out.key, headers=out.headers_dict())
 
 
-def register(broker: KafkaBroker, service: HandoffService, *, prefix: str, group_id: str, log: Any
-             ) -> Publishers:  # fmt: skip
-    """Attach subscribers and named publishers to ``broker``."""
-    handoffs_topic = topics.prefixed(topics.HANDOFFS, prefix)
-    responses_topic = topics.prefixed(topics.HANDOFF_RESPONSES, prefix)
-    consent_topic = topics.prefixed(topics.CONSENT, prefix)
-    publishers = Publishers(
-        handoffs=broker.publisher(handoffs_topic, title="handoff-events"),
-        dlq=broker.publisher(topics.prefixed(topics.DLQ, prefix), title="handoff-dlq"),
-    )
-    common: dict[str, Any] = {
-        "group_id": group_id,
-        "ack_policy": AckPolicy.NACK_ON_ERROR,
-        "auto_offset_reset": "earliest",
-        "isolation_level": "read_committed",
-    }
+class BatchProcessor:
+    """Handles the records of one consumed batch (see the module docstring)."""
 
-    async def guarded(coro: Any) -> None:
-        try:
-            await coro
-        except Retryable:
-            await asyncio.sleep(RETRY_BACKOFF_S)  # back off before the redelivery
-            raise
+    def __init__(
+        self,
+        service: HandoffService,
+        dlq: Any,
+        *,
+        prefix: str,
+        concurrency: int = 64,
+        log: Any = None,
+    ) -> None:
+        self.service = service
+        self.dlq = dlq
+        self.concurrency = concurrency
+        self.log = log
+        self.handoffs_topic = topics.prefixed(topics.HANDOFFS, prefix)
+        self.responses_topic = topics.prefixed(topics.HANDOFF_RESPONSES, prefix)
+        self.consent_topic = topics.prefixed(topics.CONSENT, prefix)
+        self.topics = [self.handoffs_topic, self.responses_topic, self.consent_topic]
+        self.echoes_skipped = 0
 
-    @broker.subscriber(handoffs_topic, title="handoff-lifecycle", **common)  # type: ignore[untyped-decorator]
-    async def on_handoffs(msg: KafkaMessage) -> None:
-        record = _raw(msg)
-        try:
-            envelope = decode(record.value, record.headers, expect=PROJECTED)
-        except DecodeError as exc:
-            await dead_letter(publishers.dlq, msg, handoffs_topic, exc)
-            log.warning(
-                "dead_lettered", topic=handoffs_topic, offset=record.offset, error=str(exc)[:200]
-            )
-            return
-        if isinstance(envelope.data, CaseRouted):
-            await guarded(service.on_case_routed(envelope))  # type: ignore[arg-type]
-        else:
-            await guarded(service.on_handoff_event(envelope))
+    async def process(self, records: Sequence[Any]) -> tuple[list[Any], BaseException | None]:
+        """Handle ``records``; returns the records of failed groups and the first error.
 
-    @broker.subscriber(responses_topic, title="handoff-responses", **common)  # type: ignore[untyped-decorator]
-    async def on_response(msg: KafkaMessage) -> None:
-        record = _raw(msg)
+        Records are grouped by key (the case id): one group's records are handled in
+        the order given (offset order per partition), different groups concurrently.
+        """
+        await self.service.ensure_ready()  # once per batch (rebuilds when the marker is gone)
+        groups: dict[bytes | None, list[Any]] = {}
+        for record in records:
+            groups.setdefault(record.key, []).append(record)
+        gate = asyncio.Semaphore(self.concurrency)
+
+        async def run(group: list[Any]) -> None:
+            async with gate:
+                await self._group(group)
+
+        ordered = list(groups.values())
+        results = await asyncio.gather(*(run(g) for g in ordered), return_exceptions=True)
+        failed: list[Any] = []
+        first: BaseException | None = None
+        for group, result in zip(ordered, results, strict=True):
+            if isinstance(result, BaseException):
+                if not isinstance(result, Exception):
+                    raise result  # cancellation and the like
+                failed.extend(group)
+                first = first or result
+        return failed, first
+
+    async def _group(self, records: list[Any]) -> None:
+        """The records of one key, in order; one case session per run of one case id."""
+        async with contextlib.AsyncExitStack() as stack:
+            session: tuple[str, LoadedCase] | None = None
+            for record in records:
+                handle = await self._decode(record)
+                if handle is None:
+                    continue  # dead-lettered, or an echo of an event we applied
+                case_id, step = handle
+                if session is None or session[0] != case_id:
+                    await stack.aclose()
+                    loaded = await stack.enter_async_context(self.service.case_session(case_id))
+                    session = (case_id, loaded)
+                await step(session[1])
+
+    async def _decode(self, record: Any) -> tuple[str, Any] | None:
+        """Decode ``record``: None (nothing to do) or (case id, step on the loaded case)."""
+        topic = record.topic
+        service = self.service
+        if topic == self.handoffs_topic:
+            try:
+                envelope = decode(record.value, record.headers, expect=PROJECTED)
+            except DecodeError as exc:
+                await self._dead_letter(record, exc)
+                return None
+            if isinstance(envelope.data, CaseRouted):
+                routed: Envelope[Any] = envelope
+
+                async def on_routed(loaded: LoadedCase) -> None:
+                    await service.case_routed_in(loaded, routed)
+
+                return envelope.data.case_id, on_routed
+            if service.recently_applied(envelope.attributes.id):
+                self.echoes_skipped += 1
+                return None
+            event: Envelope[Any] = envelope
+
+            async def on_event(loaded: LoadedCase) -> None:
+                await service.handoff_event_in(loaded, event)
+
+            return envelope.data.case_id, on_event
+        if topic == self.responses_topic:
+            return await self._decode_command(record)
+        if topic == self.consent_topic:
+            try:
+                consent = decode(
+                    record.value, record.headers, expect=(ConsentGiven, ConsentWithdrawn)
+                )
+            except DecodeError as exc:
+                await self._dead_letter(record, exc)
+                return None
+
+            async def on_consent(loaded: LoadedCase) -> None:
+                await service.handoff_event_in(loaded, consent)
+
+            return consent.data.case_id, on_consent
+        raise RuntimeError(f"record from an unexpected topic {topic!r}")  # pragma: no cover
+
+    async def _decode_command(self, record: Any) -> tuple[str, Any] | None:
+        service = self.service
         try:
             envelope = decode(record.value, record.headers, expect=COMMANDS)
         except InvalidPayload as exc:
             target = _addressed(record)
             if target is None:
-                await dead_letter(publishers.dlq, msg, responses_topic, exc)
-                return
+                await self._dead_letter(record, exc)
+                return None
             case_id, handoff_id, command_id = target
-            await guarded(
-                service.reject_invalid(
+            reason = f"invalid: {str(exc)[:900]}"
+
+            async def on_invalid(loaded: LoadedCase) -> None:
+                await service.reject_invalid_in(
+                    loaded,
                     case_id=case_id,
                     handoff_id=handoff_id,
                     command_id=command_id,
-                    reason=f"invalid: {str(exc)[:900]}",
+                    reason=reason,
                 )
-            )
-            return
+
+            return case_id, on_invalid
         except DecodeError as exc:
-            await dead_letter(publishers.dlq, msg, responses_topic, exc)
-            return
+            await self._dead_letter(record, exc)
+            return None
         command = envelope.data
         assert isinstance(command, HandoffCommand)
         trace = envelope.attributes.trace
-        await guarded(
-            service.handle_command(
+        command_id = envelope.attributes.id
+
+        async def on_command(loaded: LoadedCase) -> None:
+            await service.command_in(
+                loaded,
                 command,
-                command_id=envelope.attributes.id,
+                command_id=command_id,
                 actor=command.agency.value,
                 via="kafka",
                 trace=trace.child() if trace else None,
             )
-        )
 
-    @broker.subscriber(consent_topic, title="handoff-consent", **common)  # type: ignore[untyped-decorator]
-    async def on_consent(msg: KafkaMessage) -> None:
-        record = _raw(msg)
-        try:
-            envelope = decode(record.value, record.headers, expect=(ConsentGiven, ConsentWithdrawn))
-        except DecodeError as exc:
-            await dead_letter(publishers.dlq, msg, consent_topic, exc)
-            return
-        await guarded(service.on_consent(envelope))  # type: ignore[arg-type]
+        return command.case_id, on_command
 
-    return publishers
+    async def _dead_letter(self, record: Any, error: Exception) -> None:
+        await dead_letter_record(self.dlq, record, record.topic, error)
+        if self.log is not None:
+            self.log.warning(
+                "dead_lettered",
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                error=str(error)[:200],
+            )
 
 
 def _addressed(record: Any) -> tuple[str, str, str] | None:
@@ -210,10 +357,15 @@ def _addressed(record: Any) -> tuple[str, str, str] | None:
     if not isinstance(body, dict):
         return None
     case_id, handoff_id = body.get("case_id"), body.get("handoff_id")
-    ok = all(
-        isinstance(v, str) and 0 < len(v) <= 64 and all(c.isalnum() or c in "_.:-" for c in v)
-        for v in (case_id, handoff_id)
-    )
-    if not ok:
+    if not (_safe_id(case_id) and _safe_id(handoff_id)):
         return None
     return str(case_id), str(handoff_id), attributes.id or str(uuid.uuid4())
+
+
+def _safe_id(value: Any) -> bool:
+    """An id the schemas accept (``^[A-Za-z0-9_.:-]+$``, at most 64 characters)."""
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= 64
+        and all(c.isascii() and (c.isalnum() or c in "_.:-") for c in value)
+    )

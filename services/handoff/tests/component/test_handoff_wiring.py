@@ -1,99 +1,246 @@
-"""Subscriber wiring with FastStream's TestKafkaBroker (in-memory Kafka; Redis is real).
+"""Batch processing of consumed records (in-memory records and publisher; Redis is real).
 
-Checks decode -> handler -> named publisher, poison -> DLQ, invalid command -> rejection,
-and the OpenAPI description of the HTTP API.
+Checks decode -> handler -> publisher, poison -> DLQ, invalid command -> rejection, the
+echo of our own events skipped without Redis, per-case order inside a batch with
+concurrent cases, retry of only the failed case groups, the consumer loop's commit
+handling, and the OpenAPI description of the HTTP API.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from faststream.kafka import TestKafkaBroker
+import pytest
+from aiokafka import TopicPartition
+from aiokafka.errors import CommitFailedError
 
 from loket_handoff.app import create_app
+from loket_handoff.consumer import HandoffConsumer
 from loket_handoff.domain import handoff_id_for
+from loket_handoff.errors import Retryable
 from loket_handoff.settings import HandoffSettings
 from loket_schemas import topics
-from loket_schemas.events import AgencyAssignment, AgencyRole, CaseRouted
+from loket_schemas.events import (
+    AcceptHandoff,
+    AgencyAssignment,
+    AgencyRole,
+    CaseRouted,
+    ContactPerson,
+    Message,
+)
 from loket_schemas.kafka import decode, encode, service_source
+from loket_schemas.tracing import TraceContext
 from loket_schemas.vocabulary import AgencyCode
 
 
-def make_app(redis_url: str, prefix: str) -> Any:
-    settings = HandoffSettings(
-        redis_url=redis_url, redis_key_prefix=prefix, topic_prefix="", handoff_dev_keys=True
-    )
-    return create_app(settings)
+@dataclass
+class Rec:
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+    partition: int = 0
+    offset: int = 0
 
 
-def published(mock: Any) -> list[Any]:
-    out = []
-    for call in mock.call_args_list:
-        body = call.args[0]
-        if isinstance(body, bytes | str):
-            try:
-                body = json.loads(body)
-            except ValueError:
-                continue
-        out.append(body)
-    return out
+class Recorder:
+    """Publisher + DLQ port: records what would go to Kafka; may fail for some cases."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, Message]] = []
+        self.records: list[Rec] = []
+        self.dead: list[dict[str, Any]] = []
+        self.fail_cases: set[str] = set()
+
+    async def publish(self, message: Message, *, event_id: str, trace: TraceContext | None) -> None:
+        await self.publish_many([(message, event_id, trace)])
+
+    async def publish_many(self, items: list[tuple[Message, str, TraceContext | None]]) -> None:
+        for message, _, _ in items:
+            if message.case_id in self.fail_cases:
+                raise Retryable("simulated Kafka trouble")
+        for message, event_id, trace in items:
+            self.events.append((event_id, message))
+            rec = encode(message, source=service_source("handoff"), trace=trace, event_id=event_id)
+            self.records.append(Rec(topics.HANDOFFS, rec.key, rec.value, list(rec.headers)))
 
 
-async def test_case_routed_offers_and_poison_is_dead_lettered(
-    redis_url: str, redis_prefix: str
-) -> None:
-    app = make_app(redis_url, redis_prefix)
-    store = app.state.handoff_store
-    await store.mark_ready()  # no rebuild from (in-memory) Kafka in this tier
-    broker = app.state.broker
-    pubs = app.state.handoff_publishers
-    case_id = str(uuid.uuid4())
-    routed = CaseRouted(
+class Dlq:
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    async def publish(self, value: bytes, *, key: bytes, headers: dict[str, str]) -> None:
+        self.sent.append(json.loads(value))
+
+
+def record(topic: str, message: Message, source: str = "router", offset: int = 0) -> Rec:
+    rec = encode(message, source=service_source(source))
+    return Rec(topic, rec.key, rec.value, list(rec.headers), offset=offset)
+
+
+def routed(case_id: str, agency: AgencyCode = AgencyCode.DUO) -> CaseRouted:
+    return CaseRouted(
         case_id=case_id,
-        reference="LK-COMP-0001",
+        reference=f"LK-{case_id[:4].upper()}-0001",
         initiative_id="bibliotheek-rotterdam-centrale",
-        lead=AgencyCode.DUO,
-        assignments=[AgencyAssignment(agency=AgencyCode.DUO, role=AgencyRole.LEAD, confidence=1)],
+        lead=agency,
+        assignments=[AgencyAssignment(agency=agency, role=AgencyRole.LEAD, confidence=1)],
         routed_at=datetime.now(UTC),
     )
-    record = encode(routed, source=service_source("router"))
+
+
+def accept(case_id: str, agency: AgencyCode = AgencyCode.DUO) -> AcceptHandoff:
+    return AcceptHandoff(
+        case_id=case_id,
+        handoff_id=handoff_id_for(case_id, agency, 0),
+        agency=agency,
+        contact=ContactPerson(name="Test Medewerker"),
+    )
+
+
+@pytest.fixture
+async def wired(redis_url: str, redis_prefix: str) -> Any:
+    settings = HandoffSettings(
+        redis_url=redis_url, redis_key_prefix=redis_prefix, topic_prefix="", handoff_dev_keys=True
+    )
+    app = create_app(settings)
+    await app.state.handoff_store.mark_ready()  # no rebuild from Kafka in this tier
+    recorder, dlq = Recorder(), Dlq()
+    app.state.handoff_service.publisher = recorder
+    processor = app.state.handoff_processor
+    processor.dlq = dlq
     try:
-        async with TestKafkaBroker(broker) as br:
-            await br.publish(
-                record.value, topics.HANDOFFS, key=record.key, headers=record.headers_dict()
-            )
-            bodies = [b for b in published(pubs.handoffs.mock) if "accept_due_at" in b]
-            assert [b["handoff_id"] for b in bodies] == [handoff_id_for(case_id, AgencyCode.DUO, 0)]
-            assert bodies[0]["agency"] == "duo" and bodies[0]["from_office"].startswith(
-                "initiative:"
-            )
-            # poison: not a CloudEvent at all
-            await br.publish(b"\xff garbage", topics.HANDOFFS, key=b"x")
-            dead = published(pubs.dlq.mock)
-            assert dead and dead[-1]["original_topic"] == topics.HANDOFFS
-            assert dead[-1]["error_class"] == "MissingAttribute"
-            # invalid decline (no reason) on Kafka -> HandoffResponseRejected, not the DLQ
-            hid = bodies[0]["handoff_id"]
-            bad = {"case_id": case_id, "handoff_id": hid, "agency": "duo"}
-            headers = {
-                "ce_specversion": "1.0",
-                "ce_id": str(uuid.uuid4()),
-                "ce_source": "urn:agency:duo",
-                "ce_type": "nl.loket.handoff.decline.v1",
-                "content-type": "application/json",
-            }
-            await br.publish(
-                json.dumps(bad).encode(), topics.HANDOFF_RESPONSES, key=case_id.encode(),
-                headers=headers,
-            )  # fmt: skip
-            rejected = [b for b in published(pubs.handoffs.mock) if "command_id" in b]
-            assert rejected and rejected[-1]["command_id"] == headers["ce_id"]
-            assert "invalid" in rejected[-1]["reason"]
+        yield app, processor, recorder, dlq
     finally:
         await app.state.redis.aclose()
+
+
+async def test_case_routed_offers_echo_poison_and_invalid_command(wired: Any) -> None:
+    app, processor, recorder, dlq = wired
+    store = app.state.handoff_store
+    case_id = str(uuid.uuid4())
+    failed, error = await processor.process([record(topics.HANDOFFS, routed(case_id))])
+    assert (failed, error) == ([], None)
+    [(_, offer)] = recorder.events
+    assert offer.handoff_id == handoff_id_for(case_id, AgencyCode.DUO, 0)
+    assert offer.agency is AgencyCode.DUO and offer.from_office.startswith("initiative:")
+    # the echo of our own offer is skipped without touching Redis
+    timeline_before = await store.timeline(case_id)
+    await processor.process(recorder.records)
+    assert processor.echoes_skipped == 1
+    assert await store.timeline(case_id) == timeline_before
+    # poison: not a CloudEvent at all
+    await processor.process([Rec(topics.HANDOFFS, b"x", b"\xff garbage", [], 2, 7)])
+    assert dlq.sent[-1]["original_topic"] == topics.HANDOFFS
+    assert dlq.sent[-1]["error_class"] == "MissingAttribute"
+    assert (dlq.sent[-1]["partition"], dlq.sent[-1]["offset"]) == (2, 7)
+    # invalid decline (no reason) on Kafka -> HandoffResponseRejected, not the DLQ
+    bad = {"case_id": case_id, "handoff_id": offer.handoff_id, "agency": "duo"}
+    command_id = str(uuid.uuid4())
+    headers = [
+        ("ce_specversion", b"1.0"),
+        ("ce_id", command_id.encode()),
+        ("ce_source", b"urn:agency:duo"),
+        ("ce_type", b"nl.loket.handoff.decline.v1"),
+        ("content-type", b"application/json"),
+    ]
+    await processor.process(
+        [Rec(topics.HANDOFF_RESPONSES, case_id.encode(), json.dumps(bad).encode(), headers)]
+    )
+    rejected = recorder.events[-1][1]
+    assert rejected.command_id == command_id and "invalid" in rejected.reason
+    assert len(dlq.sent) == 1
+
+
+async def test_batch_keeps_case_order_and_retries_only_failed_cases(wired: Any) -> None:
+    app, processor, recorder, _ = wired
+    store = app.state.handoff_store
+    cases = [str(uuid.uuid4()) for _ in range(20)]
+    # one batch: every case routed then accepted (same key: handled in this order)
+    batch = [record(topics.HANDOFFS, routed(c)) for c in cases] + [
+        record(topics.HANDOFF_RESPONSES, accept(c), source="urn:agency:duo") for c in cases
+    ]
+    recorder.fail_cases = {cases[3], cases[11]}
+    failed, error = await processor.process(batch)
+    assert isinstance(error, Retryable)
+    assert {r.key.decode() for r in failed} == {cases[3], cases[11]}
+    assert len(failed) == 4  # both records of each failed case, in order
+    recorder.fail_cases = set()
+    assert await processor.process(failed) == ([], None)
+    for c in cases:
+        case = await store.get_case(c)
+        assert case is not None and case.owner == "agency:duo"
+        kinds = [e.kind for e in await store.timeline(c)]
+        assert kinds == ["routed", "offered", "accepted"]
+    # the whole batch again (a redelivery after a failed commit) changes nothing
+    published = len(recorder.events)
+    assert await processor.process(batch) == ([], None)
+    assert len(recorder.events) == published
+    assert [e.kind for e in await store.timeline(cases[0])] == ["routed", "offered", "accepted"]
+
+
+class FakeConsumer:
+    def __init__(self, error: Exception | None) -> None:
+        self.error = error
+        self.commits: list[dict[TopicPartition, int]] = []
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        if self.error is not None:
+            raise self.error
+        self.commits.append(offsets)
+
+
+class ListProcessor:
+    def __init__(self, fail_times: int) -> None:
+        self.fail_times = fail_times
+        self.calls: list[int] = []
+
+    async def process(self, records: list[Any]) -> tuple[list[Any], BaseException | None]:
+        self.calls.append(len(records))
+        if self.fail_times:
+            self.fail_times -= 1
+            return list(records[:1]), Retryable("busy")
+        return [], None
+
+
+def consumer_for(app: Any, processor: Any) -> HandoffConsumer:
+    return HandoffConsumer(
+        processor,
+        bootstrap="unused:9092",
+        topics=["t"],
+        group_id="g",
+        metrics=app.state.handoff_metrics,
+        log=app.state.runtime.log,
+        retry_backoff_s=0.001,
+    )
+
+
+async def test_consumer_commits_explicit_offsets_after_retrying_failed_groups(
+    wired: Any,
+) -> None:
+    app = wired[0]
+    processor = ListProcessor(fail_times=2)
+    loop = consumer_for(app, processor)
+    tp0, tp1 = TopicPartition("t", 0), TopicPartition("t", 1)
+    batch = {tp0: [Rec("t", b"a", b"", [], 0, 5), Rec("t", b"b", b"", [], 0, 6)],
+             tp1: [Rec("t", b"c", b"", [], 1, 41)]}  # fmt: skip
+    fake = FakeConsumer(None)
+    await loop._handle_batch(fake, batch)
+    assert processor.calls == [3, 1, 1]  # only the failed records are retried
+    assert fake.commits == [{tp0: 7, tp1: 42}]
+
+
+async def test_consumer_survives_a_commit_that_fails_after_a_rebalance(wired: Any) -> None:
+    app = wired[0]
+    loop = consumer_for(app, ListProcessor(fail_times=0))
+    batch = {TopicPartition("t", 0): [Rec("t", b"a", b"", [], 0, 5)]}
+    fake = FakeConsumer(CommitFailedError("rebalanced"))
+    await loop._handle_batch(fake, batch)  # does not raise
+    assert app.state.handoff_metrics.commit_failures._value.get() == 1
 
 
 def test_openapi_describes_error_responses() -> None:
@@ -107,7 +254,7 @@ def test_openapi_describes_error_responses() -> None:
 
 def test_encode_roundtrip_of_published_event_headers() -> None:
     """What the KafkaPublisher sends decodes with the shared binding."""
-    routed = CaseRouted(
+    event = CaseRouted(
         case_id="c1",
         reference="LK-AAAA-BBBB",
         initiative_id="x",
@@ -115,6 +262,6 @@ def test_encode_roundtrip_of_published_event_headers() -> None:
         assignments=[AgencyAssignment(agency=AgencyCode.UWV, role=AgencyRole.LEAD, confidence=1)],
         routed_at=datetime.now(UTC),
     )
-    record = encode(routed, source=service_source("handoff"), event_id="e1")
-    env = decode(record.value, record.headers)
-    assert env.attributes.id == "e1" and env.data == routed
+    rec = encode(event, source=service_source("handoff"), event_id="e1")
+    env: Any = decode(rec.value, rec.headers)
+    assert env.attributes.id == "e1" and env.data == event
