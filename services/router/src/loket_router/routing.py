@@ -108,6 +108,41 @@ class CatalogAgency(BaseModel):
     life_events: BilingualTerms
 
 
+class LanguageMarkers(BaseModel):
+    """Frequent function words that tell a Dutch text from an English one."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    nl: list[str] = Field(default_factory=list)
+    en: list[str] = Field(default_factory=list)
+
+
+class ContextRules(BaseModel):
+    """Words that change how much a match says about *competence* (see docs/routing.md).
+
+    - ``say_verbs``: an agency name that is the speaker of such a verb ("het UWV zegt"), or that
+      stands in the reported clause after it, up to the end of the sentence ("een vriend zegt
+      dat ik bij de gemeente moet zijn"), is a mention, not a request: it keeps only a small
+      weight. Subject-matter phrases in that clause keep their weight.
+    - ``refer_verbs``: the same for the speaker only ("de Belastingdienst stuurt mij door");
+      the agency referred to keeps its weight. An entry of several words is a separable verb:
+      the other words must follow within a few words ("stuurt ... door").
+    - ``reporting_prefixes``: a name right after "volgens" / "according to" is a mention.
+    - ``negation_markers``: a negation followed by such a word ("het gaat niet om X", "not
+      about X") negates any phrase, not only agency names.
+    - ``language``: in a text that is clearly English (or Dutch), phrases listed only for the
+      other language weigh less (Dutch "file" is a traffic jam, English "file" a tax return).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    say_verbs: list[str] = Field(default_factory=list)
+    refer_verbs: list[str] = Field(default_factory=list)
+    reporting_prefixes: list[str] = Field(default_factory=list)
+    negation_markers: list[str] = Field(default_factory=list)
+    language: LanguageMarkers = Field(default_factory=LanguageMarkers)
+
+
 class RoutingCatalog(BaseModel):
     """The routing catalog file (validated at load; a bad file fails loudly)."""
 
@@ -118,6 +153,7 @@ class RoutingCatalog(BaseModel):
     category_weights: CategoryWeights
     stopwords: list[str]
     negations: list[str]
+    context: ContextRules = Field(default_factory=ContextRules)
     agencies: list[CatalogAgency]
 
     @model_validator(mode="after")
@@ -178,6 +214,7 @@ def load_catalog(path: Path | None = None) -> RoutingCatalog:
 
 # --------------------------------------------------------------------------- text processing
 
+_SENTENCE_END = re.compile(r"[.!?;]+(?=\s|$)|\n")
 _APOSTROPHES = re.compile(r"['’‘`´]")
 _TOKEN = re.compile(r"[a-z0-9&]+")
 _VOWELS = frozenset("aeiouy")
@@ -271,6 +308,7 @@ class _Phrase:
     label: str
     weight: float
     named: bool
+    lang: str | None = None  # "nl" or "en" when listed for one language only
 
 
 @dataclass
@@ -278,6 +316,13 @@ class _Score:
     total: float = 0.0
     reasons: list[str] = field(default_factory=list)
     seen: dict[tuple[str, ...], int] = field(default_factory=dict)
+    first: int = -1  # atom position of the first match
+
+
+@dataclass(frozen=True)
+class _Verb:
+    head: str
+    particles: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -293,6 +338,10 @@ class Tuning:
     multi_agency: int = 3  # this many agencies -> maatwerkloket leads
     max_agencies: int = 5  # cap on non-maatwerkloket agencies
     confidence_scale: float = 5.0
+    mentioned_weight: float = 1.5  # an agency name that is only mentioned (reported speech)
+    other_language: float = 0.5  # factor for a phrase of the other language in a clear text
+    language_margin: int = 2  # marker words needed (and factor over the other language)
+    lead_margin: float = 0.2  # agencies within this fraction of the top: first mention leads
 
 
 class RoutingEngine:
@@ -303,38 +352,59 @@ class RoutingEngine:
         self.tuning = tuning or Tuning()
         self.stopwords = frozenset(normalise(" ".join(catalog.stopwords)).split())
         self.negations = frozenset(normalise(" ".join(catalog.negations)).split())
-        raw: list[tuple[AgencyCode, str, float, bool]] = []
+        context = catalog.context
+        self.say_verbs = self._verbs(context.say_verbs)
+        self.refer_verbs = self._verbs(context.refer_verbs)
+        self.reporting_prefixes = frozenset(tokenize(" ".join(context.reporting_prefixes)))
+        self.negation_markers = frozenset(tokenize(" ".join(context.negation_markers)))
+        self.language_markers = {
+            "nl": frozenset(tokenize(" ".join(context.language.nl))),
+            "en": frozenset(tokenize(" ".join(context.language.en))),
+        }
+        # Words kept whole (never split or typo-corrected): they steer, they are not topics.
+        self.function_words = (
+            self.stopwords
+            | self.negations
+            | self.negation_markers
+            | self.reporting_prefixes
+            | {v.head for v in (*self.say_verbs, *self.refer_verbs)}
+        )
+        raw: list[tuple[AgencyCode, str, float, bool, str | None]] = []
         weights = catalog.category_weights
         for agency in catalog.agencies:
-            groups: list[tuple[Iterable[Entry], float, bool]] = [
-                (agency.names, weights.names, True),
-                (agency.regelingen.entries(), weights.regelingen, False),
-                (agency.topics.entries(), weights.topics, False),
-                (agency.life_events.entries(), weights.life_events, False),
+            groups: list[tuple[Iterable[Entry], float, bool, str | None]] = [
+                (agency.names, weights.names, True, None),
             ]
-            for entries, default, named in groups:
+            for terms, default in (
+                (agency.regelingen, weights.regelingen),
+                (agency.topics, weights.topics),
+                (agency.life_events, weights.life_events),
+            ):
+                groups.append((terms.nl, default, False, "nl"))
+                groups.append((terms.en, default, False, "en"))
+            for entries, default, named, lang in groups:
                 for entry in entries:
                     if isinstance(entry, str):
-                        raw.append((agency.code, entry, default, named))
+                        raw.append((agency.code, entry, default, named, lang))
                     else:
-                        raw.append((agency.code, entry.phrase, entry.weight, named))
+                        raw.append((agency.code, entry.phrase, entry.weight, named, lang))
         # Vocabulary of atoms: stems of every catalog word except stopwords and negations.
         self.vocabulary = frozenset(
             stem(token)
-            for _, phrase, _, _ in raw
+            for _, phrase, _, _, _ in raw
             for token in tokenize(phrase)
-            if token not in self.stopwords and token not in self.negations
+            if token not in self.function_words
         )
         # A catalog word for each atom, to split a typo-corrected atom like the catalog does.
         self._surface: dict[str, str] = {}
-        for _, phrase, _, _ in raw:
+        for _, phrase, _, _, _ in raw:
             for token in tokenize(phrase):
                 self._surface.setdefault(stem(token), token)
         # Three-letter compound parts are only accepted when they are a phrase of their own
         # (abbreviations such as btw, aow, woz), so "permit" is not "per" + "mit".
         self.short_atoms = frozenset(
             words[0]
-            for _, phrase, _, _ in raw
+            for _, phrase, _, _, _ in raw
             if len(words := [stem(t) for t in tokenize(phrase)]) == 1 and len(words[0]) == 3
         )
         self._fuzzy: dict[str, set[str]] = {}
@@ -344,12 +414,18 @@ class RoutingEngine:
                     self._fuzzy.setdefault(variant, set()).add(atom)
         self._split_cache: dict[str, tuple[str, ...]] = {}
         best: dict[tuple[AgencyCode, tuple[str, ...]], _Phrase] = {}
-        for code, phrase, weight, named in raw:
+        for code, phrase, weight, named, lang in raw:
             atoms = tuple(self.atoms(phrase))
             key = (code, atoms)
             current = best.get(key)
+            if current is not None and current.lang != lang:
+                lang = None  # listed for both languages
             if current is None or weight > current.weight:
-                best[key] = _Phrase(code, atoms, phrase, weight, named)
+                best[key] = _Phrase(code, atoms, phrase, weight, named, lang)
+            elif lang != current.lang:
+                best[key] = _Phrase(
+                    code, current.atoms, current.label, current.weight, current.named, lang
+                )
         by_agency: dict[AgencyCode, list[_Phrase]] = {}
         for phrase_obj in best.values():
             by_agency.setdefault(phrase_obj.agency, []).append(phrase_obj)
@@ -362,13 +438,50 @@ class RoutingEngine:
                 ]
                 if inner and max(inner) > longer.weight:
                     phrases[i] = _Phrase(
-                        longer.agency, longer.atoms, longer.label, max(inner), longer.named
+                        longer.agency,
+                        longer.atoms,
+                        longer.label,
+                        max(inner),
+                        longer.named,
+                        longer.lang,
                     )
+        # False friends: a phrase listed for one language only, all of whose words also occur
+        # in the other language's phrases of another agency (Dutch "file" = traffic jam for
+        # rijkswaterstaat, English "file my taxes" for the belastingdienst). In a text that is
+        # clearly in the other language such a phrase weighs less.
+        lang_atoms: dict[tuple[str, AgencyCode], set[str]] = {}
+        for code, phrase, _, named, lang in raw:
+            if lang is not None and not named:
+                lang_atoms.setdefault((lang, code), set()).update(self.atoms(phrase))
+
+        def _false_friend(p: _Phrase) -> bool:
+            other = "en" if p.lang == "nl" else "nl"
+            return any(
+                all(a in atoms for a in p.atoms)
+                for (lang, code), atoms in lang_atoms.items()
+                if lang == other and code is not p.agency
+            )
+
+        self.false_friends = frozenset(
+            (p.agency, p.atoms)
+            for phrases in by_agency.values()
+            for p in phrases
+            if p.lang is not None and _false_friend(p)
+        )
         self.index: dict[str, list[_Phrase]] = {}
         for phrase_obj in (p for phrases in by_agency.values() for p in phrases):
             self.index.setdefault(phrase_obj.atoms[0], []).append(phrase_obj)
         for bucket in self.index.values():
             bucket.sort(key=lambda p: -len(p.atoms))
+
+    @staticmethod
+    def _verbs(entries: Iterable[str]) -> tuple[_Verb, ...]:
+        verbs = []
+        for entry in entries:
+            words = tokenize(entry)
+            if words:
+                verbs.append(_Verb(words[0], tuple(words[1:])))
+        return tuple(verbs)
 
     # ----------------------------------------------------------------- text -> atoms
 
@@ -427,13 +540,21 @@ class RoutingEngine:
 
     def atoms(self, text: str) -> list[str]:
         """The atom sequence of a text: normalised, compound-split, stemmed."""
+        return self._atoms_and_sentences(text)[0]
+
+    def _atoms_and_sentences(self, text: str) -> tuple[list[str], list[int]]:
+        """Atoms of a text and, per atom, the number of its sentence."""
         out: list[str] = []
-        for token in tokenize(text):
-            if token in self.stopwords or token in self.negations:
-                out.append(token)
-            else:
-                out.extend(self.split_compound(token))
-        return out
+        sentence: list[int] = []
+        for number, part in enumerate(_SENTENCE_END.split(text)):
+            for token in tokenize(part):
+                if token in self.function_words:
+                    parts: Sequence[str] = (token,)
+                else:
+                    parts = self.split_compound(token)
+                out.extend(parts)
+                sentence.extend([number] * len(parts))
+        return out, sentence
 
     # ----------------------------------------------------------------- matching
 
@@ -472,31 +593,112 @@ class RoutingEngine:
             j += 1
         return j
 
-    def _negated(self, atoms: Sequence[str], i: int) -> bool:
+    def _negated(self, atoms: Sequence[str], i: int, *, named: bool) -> bool:
+        """A negation before atoms[i]: names always, other phrases only with a marker.
+
+        "niet de Belastingdienst" negates the name; "het gaat niet om mijn belasting" negates
+        the topic. "geen inkomen" or "geen zorgverzekering" is a need, not a negation.
+        """
+        j = i - 1
+        marked = False
+        while j >= 0 and (atoms[j] in self.stopwords or atoms[j] in self.negation_markers):
+            marked = marked or atoms[j] in self.negation_markers
+            j -= 1
+        return j >= 0 and atoms[j] in self.negations and (named or marked)
+
+    def _skip_back(self, atoms: Sequence[str], i: int) -> int:
         j = i - 1
         while j >= 0 and atoms[j] in self.stopwords:
             j -= 1
-        return j >= 0 and atoms[j] in self.negations
+        return j
+
+    def _verb_at(self, atoms: Sequence[str], j: int, verbs: Sequence[_Verb]) -> bool:
+        for verb in verbs:
+            if atoms[j] == verb.head and all(
+                particle in atoms[j + 1 : j + 5] for particle in verb.particles
+            ):
+                return True
+        return False
+
+    def _reported(self, atoms: Sequence[str], sentence: Sequence[int]) -> list[bool]:
+        """Per atom: inside a reported clause ("... zegt dat <clause>", to the sentence end)."""
+        flags = [False] * len(atoms)
+        for j in range(len(atoms)):
+            if self._verb_at(atoms, j, self.say_verbs):
+                k = j + 1
+                while k < len(atoms) and sentence[k] == sentence[j]:
+                    flags[k] = True
+                    k += 1
+        return flags
+
+    def _mentioned(
+        self,
+        atoms: Sequence[str],
+        sentence: Sequence[int],
+        i: int,
+        end: int,
+        reported: Sequence[bool],
+    ) -> bool:
+        """An agency name at atoms[i:end] that is only mentioned, not asked for."""
+        if reported[i]:
+            return True
+        before = self._skip_back(atoms, i)
+        if before >= 0 and atoms[before] in self.reporting_prefixes:
+            return True
+        # The speaker: a reporting verb within the next few words of the same sentence
+        # ("de Belastingdienst stuurt mij door", "UWV heeft gezegd").
+        for j in range(end, min(end + 3, len(atoms))):
+            if sentence[j] != sentence[i]:
+                break
+            if self._verb_at(atoms, j, self.say_verbs) or self._verb_at(atoms, j, self.refer_verbs):
+                return True
+        return False
+
+    def language(self, atoms: Sequence[str]) -> str | None:
+        """The language ("nl"/"en") when its function words clearly dominate, else None."""
+        counts = {
+            lang: sum(1 for a in atoms if a in markers)
+            for lang, markers in self.language_markers.items()
+        }
+        margin = self.tuning.language_margin
+        for lang, other in (("nl", "en"), ("en", "nl")):
+            if counts[lang] >= margin and counts[lang] >= margin * counts[other]:
+                return lang
+        return None
 
     def scores(self, text: str) -> dict[AgencyCode, _Score]:
         """Score every agency for a text (with reasons)."""
-        atoms = self.atoms(text)
+        atoms, sentence = self._atoms_and_sentences(text)
+        reported = self._reported(atoms, sentence)
+        text_lang = self.language(atoms)
         scores: dict[AgencyCode, _Score] = {}
         tuning = self.tuning
         i = 0
         while i < len(atoms):
             found, end = self._match_at(atoms, i)
             for phrase in found:
-                if phrase.named and self._negated(atoms, i):
+                if self._negated(atoms, i, named=phrase.named):
                     continue
+                weight = phrase.weight
+                suffix = " (named)" if phrase.named else ""
+                if phrase.named and self._mentioned(atoms, sentence, i, end, reported):
+                    weight = min(weight, tuning.mentioned_weight)
+                    suffix = " (mentioned)"
+                elif (
+                    text_lang is not None
+                    and phrase.lang not in (None, text_lang)
+                    and (phrase.agency, phrase.atoms) in self.false_friends
+                ):
+                    weight *= tuning.other_language
                 score = scores.setdefault(phrase.agency, _Score())
+                if score.first < 0:
+                    score.first = i
                 seen = score.seen.get(phrase.atoms, 0)
                 if seen == 0:
-                    score.total += phrase.weight
-                    suffix = " (named)" if phrase.named else ""
+                    score.total += weight
                     score.reasons.append(f"{phrase.label}{suffix} -> {phrase.agency.value}")
                 elif seen <= tuning.max_repeats:
-                    score.total += phrase.weight * tuning.repeat_factor
+                    score.total += weight * tuning.repeat_factor
                 score.seen[phrase.atoms] = seen + 1
             i = end if found else i + 1
         return scores
@@ -517,6 +719,13 @@ class RoutingEngine:
         if not ranked or ranked[0][1].total < tuning.min_top:
             return _unclassified()
         top = ranked[0][1].total
+        if tuning.lead_margin > 0:
+            # Close scores: the agency the person brought up first leads (people tend to
+            # open with their main problem).
+            close = [item for item in ranked if item[1].total >= (1 - tuning.lead_margin) * top]
+            first = min(close, key=lambda item: item[1].first)
+            ranked.remove(first)
+            ranked.insert(0, first)
         chosen = [
             (code, s)
             for code, s in ranked
