@@ -141,8 +141,8 @@ class HandoffService:
     @contextlib.asynccontextmanager
     async def case_session(self, case_id: str) -> AsyncIterator[LoadedCase]:
         """Hold the case lock and the loaded case for several records of one case."""
-        async with self.store.lock(case_id):
-            yield await self.store.load(case_id)
+        async with self.store.session(case_id) as loaded:
+            yield loaded
 
     def recently_applied(self, event_id: str) -> bool:
         """True if this process applied ``event_id`` to the projection (bounded memory).

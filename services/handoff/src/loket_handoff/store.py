@@ -32,11 +32,12 @@ key                          type       content
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 import statistics
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -485,6 +486,26 @@ end
 return #stale
 """
 
+    LOCK_LOAD = """
+if ARGV[1] ~= '' and not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return false
+end
+local out = {redis.call('HGETALL', KEYS[2]), redis.call('GET', KEYS[3])}
+local packed = redis.call('HGET', KEYS[2], 'h')
+if packed then
+  local i = 1
+  while i <= #packed do
+    local n = string.byte(packed, i)
+    out[#out + 1] = redis.call('HGETALL', ARGV[3] .. string.sub(packed, i + 1, i + n))
+    i = i + 1 + n
+  end
+end
+return out
+"""
+    """Take the case lock (unless ARGV[1] is empty) and read the whole case in one round
+    trip: case hash, timeline, and every handoff hash listed in the case's ``h`` field
+    (keys derived inside the script: single-node Redis, as everywhere in Loket)."""
+
     def __init__(
         self,
         redis: Redis,
@@ -501,6 +522,8 @@ return #stale
         self.lock_wait_s = lock_wait_s
         self._claim = redis.register_script(self.CLAIM)
         self._reap = redis.register_script(self.REAP)
+        self._lock_load = redis.register_script(self.LOCK_LOAD)
+        self._release = redis.register_script(CaseLock._RELEASE)
 
     # ------------------------------------------------------------------ keys
 
@@ -533,29 +556,62 @@ return #stale
     # ------------------------------------------------------------------ load
 
     async def load(self, case_id: str) -> LoadedCase:
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hgetall(self.kid("c", case_id))
-        pipe.get(self.kid("tl", case_id))
-        raw_case, raw_blob = await pipe.execute()
-        raw_timeline = split_timeline(raw_blob)
+        """The case with its handoffs and applied event ids (one round trip)."""
+        raw = await self._lock_load(
+            keys=[b"", self.kid("c", case_id), self.kid("tl", case_id)],
+            args=["", 0, self.kid("h", "")],
+        )
+        return self._loaded(case_id, raw)
+
+    @contextlib.asynccontextmanager
+    async def session(self, case_id: str) -> AsyncIterator[LoadedCase]:
+        """Hold the case lock and the loaded case; lock and load in ONE round trip.
+
+        Same lock as :meth:`lock` (re-entrant within one asyncio context).
+        """
+        lock = self.lock(case_id)
+        held = _HELD.get()
+        if lock.key in held:
+            yield await self.load(case_id)
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + lock.wait_s
+        delay = 0.002
+        while True:
+            raw = await self._lock_load(
+                keys=[lock.key, self.kid("c", case_id), self.kid("tl", case_id)],
+                args=[lock.token, lock.ttl_ms, self.kid("h", "")],
+            )
+            if raw:
+                break
+            if loop.time() > deadline:
+                raise CaseBusy(f"case lock {lock.key} busy for {lock.wait_s}s")
+            await asyncio.sleep(delay)  # lock held by another decider; poll with backoff
+            delay = min(delay * 2, 0.05)
+        ctx = _HELD.set(held | {lock.key})
+        try:
+            yield self._loaded(case_id, raw)
+        finally:
+            _HELD.reset(ctx)
+            await self._release(keys=[lock.key], args=[lock.token])
+
+    def _loaded(self, case_id: str, raw: list[Any]) -> LoadedCase:
+        raw_case = _pairs(raw[0])
         projection = Projection()
         applied: set[str] = set()
         seqs: dict[str, int] = {}
-        for raw in raw_timeline:
-            entry = TimelineEntry.from_json(raw)
+        for line in split_timeline(raw[1]):
+            entry = TimelineEntry.from_json(line)
             applied.add(entry.event_id)
             if entry.kind == "routed" and entry.detail.get("seq") is not None:
                 seqs[entry.event_id] = int(entry.detail["seq"])
         if raw_case:
             case, ids = decode_case(case_id, raw_case)
             projection.case = case
-            if ids:
-                pipe = self.redis.pipeline(transaction=False)
-                for hid in ids:
-                    pipe.hgetall(self.kid("h", hid))
-                for hid, raw in zip(ids, await pipe.execute(), strict=True):
-                    if raw:
-                        projection.handoffs[hid] = decode_handoff(hid, raw)
+            for hid, raw_handoff in zip(ids, raw[2:], strict=False):
+                fields = _pairs(raw_handoff)
+                if fields:
+                    projection.handoffs[hid] = decode_handoff(hid, fields)
         return LoadedCase(projection, applied, seqs)
 
     async def get_handoff(self, handoff_id: str) -> Handoff | None:
@@ -632,16 +688,31 @@ return #stale
         return Applied(new, route_seq)
 
     def _write_handoff(self, pipe: Any, h: Handoff, old: Handoff | None) -> None:
+        """Write a changed handoff and its index entries.
+
+        ``old`` is the handoff as loaded from Redis under the case lock (None: new), so
+        only what differs is written: changed hash fields, and index entries whose
+        membership or score changed (the timer entry is always written).
+        """
         hid = pack_id(h.handoff_id)
         key = self.kid("h", h.handoff_id)
-        if old is not None:
-            pipe.delete(key)
-        pipe.hset(key, mapping=encode_handoff(h))
+        fields = encode_handoff(h)
+        if old is None:
+            pipe.hset(key, mapping=fields)
+        else:
+            before = encode_handoff(old)
+            gone = [f for f in before if f not in fields]
+            changed = {f: v for f, v in fields.items() if before.get(f) != v}
+            if gone:
+                pipe.hdel(key, *gone)
+            if changed:
+                pipe.hset(key, mapping=changed)
         offered = ms(h.offered_at) / 1000
         if h.is_open:
-            pipe.zadd(self.k("oa", h.agency.value), {hid: offered})
-            pipe.zadd(self.k("oi", h.initiative_id), {hid: offered})
-        else:
+            if old is None or not old.is_open or old.offered_at != h.offered_at:
+                pipe.zadd(self.k("oa", h.agency.value), {hid: offered})
+                pipe.zadd(self.k("oi", h.initiative_id), {hid: offered})
+        elif old is None or old.is_open:
             pipe.zrem(self.k("oa", h.agency.value), hid)
             pipe.zrem(self.k("oi", h.initiative_id), hid)
             closed = self.k("ca", h.agency.value)
@@ -652,12 +723,14 @@ return #stale
             pipe.zadd(self.timers_key, {hid: ms(nxt) / 1000})
         else:
             pipe.zrem(self.timers_key, hid)
-        due = h.due_at
-        if h.is_open and h.breached and due is not None:
+        band = _risk_band(h)
+        if old is not None and band == _risk_band(old):
+            return
+        if band is not None and band[0] == "breached":
             pipe.zrem(self.k("risk"), hid)
-            pipe.zadd(self.k("breached"), {hid: ms(due) / 1000})
-        elif h.is_open and h.warned and due is not None:
-            pipe.zadd(self.k("risk"), {hid: ms(due) / 1000})
+            pipe.zadd(self.k("breached"), {hid: band[1]})
+        elif band is not None:
+            pipe.zadd(self.k("risk"), {hid: band[1]})
             pipe.zrem(self.k("breached"), hid)
         else:
             pipe.zrem(self.k("risk"), hid)
@@ -845,6 +918,27 @@ return #stale
             loaded = await self.load(case_id)
             applied = await self.apply(loaded, [(event_id, event, at)])
         return bool(applied.new_events)
+
+
+def _pairs(raw: Any) -> dict[Any, Any]:
+    """A hash as returned from Lua (flat ``[field, value, ...]``) as a dict."""
+    if not raw:
+        return {}
+    if isinstance(raw, dict):
+        return raw
+    return dict(zip(raw[::2], raw[1::2], strict=True))
+
+
+def _risk_band(h: Handoff) -> tuple[str, float] | None:
+    """Which SLA index an open handoff belongs to (``risk``/``breached``) and its score."""
+    due = h.due_at
+    if not h.is_open or due is None:
+        return None
+    if h.breached:
+        return ("breached", ms(due) / 1000)
+    if h.warned:
+        return ("risk", ms(due) / 1000)
+    return None
 
 
 def _count(
