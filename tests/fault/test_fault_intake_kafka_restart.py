@@ -26,14 +26,14 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(240)]
 )
 async def test_intake_accepts_again_after_broker_restart_under_load(tmp_path: Path) -> None:
     async with Stack(tmp_path / "stack", services=("intake",), extra_env=stack_env()) as stack:
-        driver = TrafficDriver(stack.url("intake"), retry_deadline_s=60)
+        driver = TrafficDriver(stack.url("intake"), retry_deadline_s=45)
         try:
             flow = asyncio.create_task(driver.run(300, rate=100))
             await wait_accepted(driver, 100)
             await stack.stop_kafka()
             await asyncio.sleep(3)  # broker away under load
             await stack.start_kafka()
-            await asyncio.wait_for(flow, 150)
+            await asyncio.wait_for(flow, 75)
             assert driver.failed == [], [s.final_error for s in driver.failed][:3]
         finally:
             await driver.aclose()
