@@ -158,6 +158,77 @@ def test_negated_agency_name_does_not_count() -> None:
     assert [a.agency.value for a in decision.assignments] == ["toeslagen"]
 
 
+# --------------------------------------------------------------------------- context
+
+
+@pytest.mark.parametrize(
+    ("text", "want"),
+    [
+        # the speaker of "zegt" / "stuurt door" is a referrer, not the competent agency
+        ("UWV zegt dat ik bijstand moet aanvragen", ["gemeente"]),
+        ("De Belastingdienst stuurt mij door, mijn WW-aanvraag is afgewezen", ["uwv"]),
+        # a name inside the reported clause is hearsay ("een vriend zegt dat ...")
+        ("Een vriend zegt dat ik bij de gemeente moet zijn voor mijn zorgtoeslag", ["toeslagen"]),
+        ("volgens de gemeente moet ik kinderbijslag ergens anders aanvragen", ["svb"]),
+        ("The municipality told me to ask about my state pension elsewhere", ["svb"]),
+    ],
+)
+def test_mentioned_agency_is_not_the_competent_one(text: str, want: list[str]) -> None:
+    decision = classify(text)
+    assert [a.agency.value for a in decision.assignments] == want
+
+
+def test_mentioned_agency_still_routes_when_it_is_the_only_signal() -> None:
+    decision = classify("Het CJIB zegt dat ik nog moet betalen")
+    assert decision.lead is AgencyCode.CJIB
+    assert any("(mentioned)" in r for r in decision.reasons["cjib"])
+
+
+def test_contrastive_negation_negates_a_topic() -> None:
+    assert agencies("Het gaat niet om mijn belasting maar om mijn huurtoeslag") == ["toeslagen"]
+    assert agencies("It is not about my taxes but about my child benefit") == ["svb"]
+
+
+def test_geen_is_a_need_not_a_negation() -> None:
+    # "geen zorgverzekering" / "geen inkomen" describe the problem.
+    assert agencies("Ik heb geen zorgverzekering en krijg een brief van het CAK") == ["cak"]
+    assert "gemeente" in agencies("ik heb geen inkomen meer, kan ik bijstand krijgen")
+
+
+def test_false_friend_weighs_less_in_the_other_language() -> None:
+    # English "file" is a tax return; Dutch "file" is a traffic jam.
+    assert agencies("Can I still file my Dutch tax return for last year?") == ["belastingdienst"]
+    assert agencies("Elke ochtend staat er file op de A12") == ["rijkswaterstaat"]
+    engine = default_engine()
+    assert engine.language(engine.atoms("How do I apply for the benefit?")) == "en"
+    assert engine.language(engine.atoms("Hoe vraag ik dat aan bij de gemeente?")) == "nl"
+
+
+def test_close_scores_first_mentioned_agency_leads() -> None:
+    # People tend to open with their main problem: on a (near) tie the first one leads.
+    first = classify("Mijn WW-uitkering stopt en mijn kinderbijslag is ook niet betaald")
+    assert first.lead is AgencyCode.UWV
+    assert set(first.agencies) == {AgencyCode.UWV, AgencyCode.SVB}
+    second = classify("Mijn kinderbijslag is niet betaald en mijn WW-uitkering stopt ook")
+    assert second.lead is AgencyCode.SVB
+
+
+def test_function_words_are_not_typo_corrected() -> None:
+    # "vanwege" is one edit from the stem of "vaarweg"; it is a stopword, not a typo.
+    assert "rijkswaterstaat" not in agencies("mijn VOG is geweigerd vanwege een veroordeling")
+
+
+def test_catalog_without_context_rules_still_loads(tmp_path: Path) -> None:
+    raw = json.loads(
+        (Path(__file__).parents[2] / "src/loket_router/data/routing_catalog.json").read_text()
+    )
+    del raw["context"]
+    path = tmp_path / "catalog.json"
+    path.write_text(json.dumps(raw))
+    engine = RoutingEngine(load_catalog(path))
+    assert engine.classify("Mijn zorgtoeslag is gestopt").lead is AgencyCode.TOESLAGEN
+
+
 # --------------------------------------------------------------------------- selection
 
 
