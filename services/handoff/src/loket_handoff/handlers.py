@@ -170,10 +170,10 @@ class HandoffService:
         self, loaded: LoadedCase, envelope: Envelope[CaseRouted]
     ) -> list[HandoffEvent]:
         routed = envelope.data
-        applied = await self.store.apply(
-            loaded, [(envelope.attributes.id, routed, envelope.attributes.time)]
-        )
-        route_seq = applied.route_seq if applied.route_seq is not None else 0
+        # decided against the case before this routing (CaseRouted changes only the lead
+        # and the route count, neither of which the offers depend on); the routing and its
+        # offers are then applied together after the acks (one Redis transaction)
+        route_seq = self.store.route_seq(loaded, envelope.attributes.id)
         now = self.clock.now()
         offers = decide_routing(
             loaded.case,
@@ -184,7 +184,14 @@ class HandoffService:
             catalog=self.catalog,
             calendar=self.calendar,
         )
-        await self._publish_and_apply(loaded, offers, 0, _child(envelope), now)
+        await self._publish_and_apply(
+            loaded,
+            offers,
+            0,
+            _child(envelope),
+            now,
+            first=[(envelope.attributes.id, routed, envelope.attributes.time)],
+        )
         return list(offers)
 
     async def on_handoff_event(self, envelope: Envelope[Any]) -> bool:
@@ -388,16 +395,21 @@ class HandoffService:
         version: int,
         trace: TraceContext | None,
         now: datetime,
+        *,
+        first: Sequence[tuple[str, Message, datetime]] = (),
     ) -> None:
+        """Publish ``events`` (all acks awaited), then apply ``first`` and them at once."""
         if not events:
+            if first:
+                await self.store.apply(loaded, first)
             return
-        items: list[tuple[str, Message, datetime]] = []
+        items: list[tuple[str, Message, datetime]] = list(first)
         out: list[tuple[Message, str, TraceContext | None]] = []
         for event in events:
             event_id = event_id_for(event.handoff_id, event.EVENT_TYPE, version)
-            items.append((event_id, event, now))
             out.append((event, event_id, trace))
         await publish_all(self.publisher, out)  # every broker ack before the apply
+        items.extend((event_id, event, now) for event, event_id, _ in out)
         for event in events:
             before = loaded.projection.handoffs.get(event.handoff_id)
             latency = (
@@ -407,7 +419,7 @@ class HandoffService:
             )
             self.metrics.published(event, latency)
         await self.store.apply(loaded, items)
-        self._remember([event_id for event_id, _, _ in items])
+        self._remember([event_id for _, event_id, _ in out])
 
 
 def _child(envelope: Envelope[Any]) -> TraceContext | None:

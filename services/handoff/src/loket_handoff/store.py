@@ -624,6 +624,15 @@ return out
 
     # ------------------------------------------------------------------ apply
 
+    @staticmethod
+    def route_seq(loaded: LoadedCase, event_id: str) -> int:
+        """The route sequence number the CaseRouted ``event_id`` has (or will get when
+        applied to ``loaded``): the number of distinct routings of the case before it."""
+        sid = short_id(event_id)
+        if sid in loaded.applied:
+            return loaded.route_seqs.get(sid) or 0
+        return loaded.case.route_count if loaded.case else 0
+
     async def apply(
         self,
         loaded: LoadedCase,
