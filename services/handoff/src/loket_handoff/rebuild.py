@@ -50,6 +50,8 @@ PROJECTED: tuple[type[Message], ...] = (
     HandoffResponseRejected,
 )
 CONSENT_EVENTS: tuple[type[Message], ...] = (ConsentGiven, ConsentWithdrawn)
+#: Cases rebuilt concurrently.
+REBUILD_CONCURRENCY = 32
 
 
 async def read_topic_to_end(
@@ -172,17 +174,22 @@ class Rebuilder:
                 target[envelope.data.case_id].append(
                     (envelope.attributes.id, envelope.data, envelope.attributes.time)
                 )
-        applied = 0
-        for case_id, items in per_case.items():
-            async with self.store.lock(case_id):
-                loaded = await self.store.load(case_id)
-                result = await self.store.apply(loaded, items)
-                applied += len(result.new_events)
-        for case_id, items in consent.items():
-            async with self.store.lock(case_id):
-                loaded = await self.store.load(case_id)
-                result = await self.store.apply(loaded, items)
-                applied += len(result.new_events)
+        # cases are independent: REBUILD_CONCURRENCY workers, each case's events in order
+        pending = iter({*per_case, *consent})
+        counts: list[int] = []
+
+        async def worker() -> None:
+            for case_id in pending:
+                async with self.store.session(case_id) as loaded:
+                    for items in (per_case.get(case_id), consent.get(case_id)):
+                        if items:
+                            result = await self.store.apply(loaded, items)
+                            counts.append(len(result.new_events))
+
+        async with asyncio.TaskGroup() as group:  # one failure cancels the other workers
+            for _ in range(REBUILD_CONCURRENCY):
+                group.create_task(worker())
+        applied = sum(counts)
         await self.store.mark_ready(started.isoformat())
         if self.log is not None:
             self.log.info(
