@@ -186,9 +186,12 @@ class Rebuilder:
                             result = await self.store.apply(loaded, items)
                             counts.append(len(result.new_events))
 
-        async with asyncio.TaskGroup() as group:  # one failure cancels the other workers
-            for _ in range(REBUILD_CONCURRENCY):
-                group.create_task(worker())
+        try:
+            async with asyncio.TaskGroup() as group:  # one failure cancels the other workers
+                for _ in range(REBUILD_CONCURRENCY):
+                    group.create_task(worker())
+        except ExceptionGroup as errors:
+            raise errors.exceptions[0] from None  # e.g. RedisError: callers map it (503)
         applied = sum(counts)
         await self.store.mark_ready(started.isoformat())
         if self.log is not None:
