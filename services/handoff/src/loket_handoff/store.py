@@ -122,6 +122,26 @@ def from_ms(value: str | bytes | int) -> datetime:
     return datetime.fromtimestamp(int(value) / 1000, UTC)
 
 
+US = timedelta(microseconds=1)
+#: Epoch values at or above this are microseconds (year 1973 on), below: milliseconds
+#: (the first layout; values up to the year 5138).
+_US_FROM = 10**14
+
+
+def stamp(moment: datetime) -> str:
+    """A handoff timestamp for its hash: epoch microseconds, lossless, so the projection
+    returns exactly the times the events on Kafka carry."""
+    return str((moment - EPOCH) // US)
+
+
+def from_stamp(value: str | bytes | int) -> datetime:
+    """Read :func:`stamp` (and the millisecond values of the first layout)."""
+    n = int(value)
+    if n >= _US_FROM:
+        return EPOCH + timedelta(microseconds=n)
+    return from_ms(n)
+
+
 def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -197,9 +217,9 @@ def encode_handoff(h: Handoff) -> dict[Any, Any]:
         "u": _URG[h.urgency],
         "i": h.initiative_id,
         "f": h.reference,
-        "t": str(ms(h.offered_at)),
-        "ad": str(ms(h.accept_due_at)),
-        "aw": str(ms(h.accept_warn_at)),
+        "t": stamp(h.offered_at),
+        "ad": stamp(h.accept_due_at),
+        "aw": stamp(h.accept_warn_at),
         "v": str(h.version),
     }
     optional: dict[str, Any] = {
@@ -214,7 +234,7 @@ def encode_handoff(h: Handoff) -> dict[Any, Any]:
     }
     for key, value in optional.items():
         if value is not None:
-            out[key] = str(ms(value)) if isinstance(value, datetime) else str(value)
+            out[key] = stamp(value) if isinstance(value, datetime) else str(value)
     if h.warned:
         out["w"] = "1"
     if h.breached:
@@ -228,7 +248,7 @@ def decode_handoff(handoff_id: str, raw: dict[Any, Any]) -> Handoff:
     d = {k: _s(v) for k, v in d.items()}
 
     def opt_dt(key: str) -> datetime | None:
-        return from_ms(d[key]) if key in d else None
+        return from_stamp(d[key]) if key in d else None
 
     return Handoff(
         handoff_id=handoff_id,
@@ -239,9 +259,9 @@ def decode_handoff(handoff_id: str, raw: dict[Any, Any]) -> Handoff:
         urgency=_URG_BACK[d["u"]],
         initiative_id=d["i"],
         reference=d.get("f", ""),
-        offered_at=from_ms(d["t"]),
-        accept_due_at=from_ms(d["ad"]),
-        accept_warn_at=from_ms(d["aw"]),
+        offered_at=from_stamp(d["t"]),
+        accept_due_at=from_stamp(d["ad"]),
+        accept_warn_at=from_stamp(d["aw"]),
         version=int(d["v"]),
         contact=d.get("n"),
         accepted_at=opt_dt("at"),

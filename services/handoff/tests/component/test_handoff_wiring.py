@@ -265,3 +265,33 @@ def test_encode_roundtrip_of_published_event_headers() -> None:
     rec = encode(event, source=service_source("handoff"), event_id="e1")
     env: Any = decode(rec.value, rec.headers)
     assert env.attributes.id == "e1" and env.data == event
+
+
+def test_handoff_hash_keeps_event_times_exactly() -> None:
+    """The projection returns the times the events carry (microseconds), and still reads
+    the millisecond stamps of the first layout."""
+    from datetime import timedelta
+
+    from loket_handoff.domain import Handoff, HandoffState
+    from loket_handoff.store import decode_handoff, encode_handoff, ms
+    from loket_schemas.vocabulary import Urgency
+
+    t = datetime(2026, 11, 29, 6, 14, 22, 5779, tzinfo=UTC)
+    h = Handoff(
+        handoff_id="h1",
+        case_id=str(uuid.uuid4()),
+        agency=AgencyCode.UWV,
+        role=AgencyRole.LEAD,
+        state=HandoffState.ACCEPTED,
+        urgency=Urgency.NORMAL,
+        initiative_id="x",
+        reference="LK-AAAA-BBBB",
+        offered_at=t,
+        accept_due_at=t + timedelta(seconds=25.000123),
+        accept_warn_at=t + timedelta(seconds=18.75),
+        accepted_at=t + timedelta(seconds=3, microseconds=7),
+        expected_by=t + timedelta(days=2, microseconds=1),
+    )
+    assert decode_handoff("h1", encode_handoff(h)) == h
+    old = encode_handoff(h) | {"t": str(ms(t))}
+    assert decode_handoff("h1", old).offered_at == t.replace(microsecond=5000)
