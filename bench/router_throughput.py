@@ -16,6 +16,11 @@ from its own copy of the input topic, 3 partitions) with the same batching
 
 Each figure is questions (input records) per second from the first fetched batch to the
 last commit. The router writes 2 * agencies + 1 records per question; the passthrough 1.
+The process CPU time per input record is printed too: on a shared machine it moves much
+less with the load of other processes than the wall-clock rates do.
+
+The process gets the router's production GC settings (``loket_router.service.tune_gc``,
+as in ``python -m loket_router``) before any loop runs, so all three loops use them.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from loket_router.handlers import QuestionProcessor, RouterContext
 from loket_router.loop import TransactionalLoop
 from loket_router.metrics import RouterMetrics
 from loket_router.routing import classify
+from loket_router.service import tune_gc
 from loket_router.store import RedisStore
 from loket_runtime.health import new_registry
 from loket_runtime.kafka import ensure_topics
@@ -91,7 +97,9 @@ async def fill(bootstrap: str, topic: str, records: list) -> None:
         await producer.stop()
 
 
-async def passthrough(bootstrap: str, src: str, dst: str, n: int, batch: int, txn: bool) -> float:
+async def passthrough(
+    bootstrap: str, src: str, dst: str, n: int, batch: int, txn: bool
+) -> tuple[float, float]:
     group = f"bench-pass-{uuid.uuid4().hex[:6]}"
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap,
@@ -114,12 +122,14 @@ async def passthrough(bootstrap: str, src: str, dst: str, n: int, batch: int, tx
     await consumer.start()
     done = 0
     first: float | None = None
+    cpu0 = 0.0
     try:
         while done < n:
             data = await consumer.getmany(timeout_ms=200, max_records=batch)
             if not data:
                 continue
-            first = first or time.perf_counter()
+            if first is None:
+                first, cpu0 = time.perf_counter(), time.process_time()
             offsets = {tp: recs[-1].offset + 1 for tp, recs in data.items()}
             if txn:
                 async with producer.transaction():
@@ -139,7 +149,8 @@ async def passthrough(bootstrap: str, src: str, dst: str, n: int, batch: int, tx
                 await asyncio.gather(*futs)
                 await consumer.commit(offsets)
             done += sum(len(recs) for recs in data.values())
-        return n / (time.perf_counter() - (first or time.perf_counter()))
+        wall = time.perf_counter() - (first or time.perf_counter())
+        return n / wall, (time.process_time() - cpu0) / n
     finally:
         await consumer.stop()
         await producer.stop()
@@ -147,7 +158,7 @@ async def passthrough(bootstrap: str, src: str, dst: str, n: int, batch: int, tx
 
 async def router(
     bootstrap: str, redis_url: str, prefix: str, n: int, batch: int
-) -> tuple[float, float]:
+) -> tuple[float, float, float]:
     redis = Redis.from_url(redis_url)
     store = RedisStore(redis, f"bench:{prefix}", 3600)
     ctx = RouterContext(
@@ -162,21 +173,23 @@ async def router(
     outputs = 0
     first: float | None = None
     last = 0.0
+    cpu0 = cpu1 = 0.0
     finished = asyncio.Event()
     inner = processor.process
 
     async def timed(records):  # type: ignore[no-untyped-def]
-        nonlocal first
-        first = first or time.perf_counter()
+        nonlocal first, cpu0
+        if first is None:
+            first, cpu0 = time.perf_counter(), time.process_time()
         return await inner(records)
 
     processor.process = timed  # type: ignore[method-assign]
 
     async def on_commit(result) -> None:  # type: ignore[no-untyped-def]
-        nonlocal routed, last, outputs
+        nonlocal routed, last, outputs, cpu1
         routed += result.stats.routed + result.stats.duplicates + result.stats.dead_lettered
         outputs += len(result.outgoing)
-        last = time.perf_counter()
+        last, cpu1 = time.perf_counter(), time.process_time()
         if routed >= n:
             finished.set()
 
@@ -201,7 +214,7 @@ async def router(
         for i in range(0, len(keys), 500):
             await redis.delete(*keys[i : i + 500])
         await redis.aclose()
-    return n / (last - (first or last)), outputs / n
+    return n / (last - (first or last)), outputs / n, (cpu1 - cpu0) / n
 
 
 async def main() -> None:
@@ -211,6 +224,7 @@ async def main() -> None:
     parser.add_argument("--partitions", type=int, default=3)
     parser.add_argument("--no-txn-passthrough", action="store_true")
     args = parser.parse_args()
+    tune_gc()
     bootstrap = os.environ.get("LOKET_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
     redis_url = os.environ.get("LOKET_REDIS_URL", "redis://127.0.0.1:6379/0")
     prefix = f"bench{uuid.uuid4().hex[:6]}."
@@ -231,13 +245,17 @@ async def main() -> None:
         f"machine: {platform.machine()} {os.cpu_count()} cores, python {platform.python_version()}"
     )
     print(f"questions: {args.n}, batch: {args.batch}, partitions: {args.partitions}")
-    plain = await passthrough(
+    print(f"load average before: {os.getloadavg()[0]:.1f}")
+    plain, plain_cpu = await passthrough(
         bootstrap, prefix + "pass.in.v1", prefix + "pass.out.v1", args.n, args.batch, txn=False
     )
-    print(f"passthrough (no transaction):   {plain:10.0f} records/s")
+    print(
+        f"passthrough (no transaction):   {plain:10.0f} records/s   "
+        f"{plain_cpu * 1e6:6.0f} us CPU/record"
+    )
     txn = None
     if not args.no_txn_passthrough:
-        txn = await passthrough(
+        txn, txn_cpu = await passthrough(
             bootstrap,
             prefix + "passtx.in.v1",
             prefix + "passtx.out.v1",
@@ -245,9 +263,17 @@ async def main() -> None:
             args.batch,
             txn=True,
         )
-        print(f"passthrough (transactional):    {txn:10.0f} records/s")
-    routed, per_question = await router(bootstrap, redis_url, prefix, args.n, args.batch)
-    print(f"router (transactional, routed): {routed:10.0f} questions/s")
+        print(
+            f"passthrough (transactional):    {txn:10.0f} records/s   "
+            f"{txn_cpu * 1e6:6.0f} us CPU/record"
+        )
+    routed, per_question, router_cpu = await router(
+        bootstrap, redis_url, prefix, args.n, args.batch
+    )
+    print(
+        f"router (transactional, routed): {routed:10.0f} questions/s "
+        f"{router_cpu * 1e6:6.0f} us CPU/question"
+    )
     print(
         f"router output records:          {routed * per_question:10.0f} records/s "
         f"({per_question:.2f} per question)"
@@ -255,6 +281,7 @@ async def main() -> None:
     print(f"ratio router / passthrough:     {routed / plain:10.2f}")
     if txn:
         print(f"ratio router / passthrough-txn: {routed / txn:10.2f}")
+    print(f"load average after:  {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

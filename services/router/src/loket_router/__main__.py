@@ -5,6 +5,7 @@ from __future__ import annotations
 import uvicorn
 
 from loket_router.app import create_app
+from loket_router.service import tune_gc
 from loket_router.settings import RouterSettings
 from loket_runtime.logging import configure_logging
 
@@ -12,8 +13,10 @@ from loket_runtime.logging import configure_logging
 def main() -> None:
     settings = RouterSettings()
     configure_logging(settings)
+    app = create_app(settings)
+    tune_gc()
     uvicorn.run(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_config=None,

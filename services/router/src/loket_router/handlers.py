@@ -38,9 +38,18 @@ from loket_schemas.events import (
     MessageDeadLettered,
     QuestionReceived,
 )
-from loket_schemas.kafka import DecodeError, Envelope, KafkaRecord, decode, encode
+from loket_schemas.kafka import (
+    CONTENT_TYPE,
+    SPECVERSION,
+    DecodeError,
+    Envelope,
+    KafkaRecord,
+    decode,
+    format_time,
+    schema_uri,
+)
 from loket_schemas.pseudonym import pseudonymise
-from loket_schemas.tracing import TraceContext, new_trace, parse_traceparent
+from loket_schemas.tracing import TRACEPARENT_HEADER, TraceContext, new_trace, parse_traceparent
 from loket_schemas.vocabulary import BusinessRequester, PersonRequester
 
 SERVICE = "router"
@@ -90,6 +99,51 @@ class BatchResult:
     stats: Stats = field(default_factory=Stats)
 
 
+@dataclass(frozen=True)
+class RecordHeaders:
+    """Header values shared by every output of one input record (encoded once)."""
+
+    source: bytes
+    time: bytes
+    traceparent: bytes
+
+
+_TYPE_HEADERS: dict[type[Message], tuple[bytes, bytes]] = {}
+_SPECVERSION = SPECVERSION.encode()
+_CONTENT_TYPE = CONTENT_TYPE.encode()
+
+
+def to_record(message: Message, ident: str, shared: RecordHeaders) -> KafkaRecord:
+    """``loket_schemas.kafka.encode(message, ...)`` with the per-record parts precomputed.
+
+    Byte for byte the same record as ``encode`` (tests/unit/test_router_fast_outputs.py
+    checks it): CloudEvents binary mode, key = case id, value = the model's JSON.
+    """
+    cls = type(message)
+    per_type = _TYPE_HEADERS.get(cls)
+    if per_type is None:
+        if not cls.EVENT_TYPE:
+            raise TypeError(f"{cls.__name__} has no EVENT_TYPE")
+        per_type = _TYPE_HEADERS[cls] = (
+            cls.EVENT_TYPE.encode(),
+            schema_uri(cls.EVENT_TYPE).encode(),
+        )
+    subject = message.subject.encode()
+    headers = (
+        ("ce_specversion", _SPECVERSION),
+        ("ce_id", ident.encode()),
+        ("ce_source", shared.source),
+        ("ce_type", per_type[0]),
+        ("ce_time", shared.time),
+        ("ce_subject", subject),
+        ("ce_dataschema", per_type[1]),
+        ("content-type", _CONTENT_TYPE),
+        (TRACEPARENT_HEADER, shared.traceparent),
+    )
+    value = message.__pydantic_serializer__.to_json(message)
+    return KafkaRecord(key=subject, value=value, headers=headers)
+
+
 @dataclass
 class RouterContext:
     """Everything the use cases need besides the store (built by the composition root)."""
@@ -101,21 +155,35 @@ class RouterContext:
     source: str = "urn:nld:loket:service:router"
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     log: Any = None
+    _topics: dict[str, str] = field(default_factory=dict, repr=False)
 
     def topic(self, name: str) -> str:
-        return topics.prefixed(name, self.topic_prefix)
+        found = self._topics.get(name)
+        if found is None:
+            found = self._topics[name] = topics.prefixed(name, self.topic_prefix)
+        return found
+
+    def headers_for(self, trace: TraceContext, at: datetime) -> RecordHeaders:
+        """The CloudEvents header values all outputs of one input record share."""
+        return RecordHeaders(
+            source=self.source.encode(),
+            time=format_time(at).encode(),
+            traceparent=trace.traceparent.encode(),
+        )
 
     def emit(
         self,
         out: BatchResult,
         topic: str,
         message: Message,
-        trace: TraceContext,
+        trace: TraceContext | RecordHeaders,
         ident: str,
         at: datetime,
     ) -> None:
-        record = encode(message, source=self.source, trace=trace, event_id=ident, time=at)
-        out.outgoing.append(Outgoing(self.topic(topic), record))
+        """Add ``message`` as a record to the batch's transaction (``loket_schemas.kafka.encode``
+        format; ``trace`` may be the input record's precomputed :class:`RecordHeaders`)."""
+        shared = trace if isinstance(trace, RecordHeaders) else self.headers_for(trace, at)
+        out.outgoing.append(Outgoing(self.topic(topic), to_record(message, ident, shared)))
 
     def warn(self, event: str, **kw: Any) -> None:
         if self.log is not None:
@@ -216,8 +284,9 @@ def route_question(
     """Route one question: deliveries, audit records, CaseRouted, state, marker."""
     q = env.data
     cid = q.case_id
-    at = ctx.clock()
+    at = domain.require_aware(ctx.clock())
     trace = trace_of(record, env)
+    shared_headers = ctx.headers_for(trace, at)
     decision = ctx.classify(q.text, vulnerable=q.vulnerable)
     assignments: list[AgencyAssignment] = []
     for a in decision.assignments:
@@ -238,13 +307,18 @@ def route_question(
             local,
             topics.agency_topic(a.agency),
             delivery,
-            trace,
+            shared_headers,
             domain.event_id(cid, "delivered", code, "initial"),
             at,
         )
         audit = domain.audit_record(delivery, agency, trace=trace, sender=ctx.source, at=at)
         ctx.emit(
-            local, topics.AUDIT, audit, trace, domain.event_id(cid, "audit", code, "initial"), at
+            local,
+            topics.AUDIT,
+            audit,
+            shared_headers,
+            domain.event_id(cid, "audit", code, "initial"),
+            at,
         )
         local.writes.roles.append((cid, a.agency, a.role))
         shared = domain.consent_shares(manifest)
@@ -255,7 +329,14 @@ def route_question(
             )
         local.stats.deliveries[code] += 1
     routed = domain.case_routed(q, decision.lead, assignments, at=at)
-    ctx.emit(local, topics.HANDOFFS, routed, trace, domain.event_id(cid, "routed", "initial"), at)
+    ctx.emit(
+        local,
+        topics.HANDOFFS,
+        routed,
+        shared_headers,
+        domain.event_id(cid, "routed", "initial"),
+        at,
+    )
     # all built without error: merge into the batch
     out.outgoing.extend(local.outgoing)
     out.writes.questions.extend(local.writes.questions)

@@ -34,7 +34,7 @@ from typing import Any, Protocol
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError, ProducerFenced
-from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.partitioner import murmur2
 
 from loket_router.errors import LoopFenced, RetryableError
 from loket_router.handlers import BatchResult, ConsumerRecordLike
@@ -114,7 +114,6 @@ class TransactionalLoop:
         self.on_commit = on_commit
         self.generation = 0
         self._partitions: dict[str, list[int]] = {}
-        self._partitioner = DefaultPartitioner()
         self.assigned: set[TopicPartition] = set()
         self.txn_lock = asyncio.Lock()
         self.running = False
@@ -294,19 +293,23 @@ class TransactionalLoop:
     ) -> list[asyncio.Future[Any]]:
         """Send the batch's outputs as record batches, one builder per topic-partition.
 
-        Partitions come from the default (murmur2) partitioner over the record key, the
-        same as a plain ``send``, so every record of a case lands on one partition; the
-        records of one partition keep their order. ``send_batch`` saves most of the
-        per-record overhead of ``send``.
+        Partitions are those of the default (murmur2) partitioner over the record key, the
+        same as a plain ``send``, so every record of a case lands on one partition (the
+        hash is computed once per key); the records of one partition keep their order.
+        ``send_batch`` saves most of the per-record overhead of ``send``.
         """
         grouped: dict[tuple[str, int], list[Any]] = {}
+        hashes: dict[bytes, int] = {}  # every output of a case has the case id as key
         for out in result.outgoing:
             parts = self._partitions.get(out.topic)
             if parts is None:
                 parts = sorted(await producer.partitions_for(out.topic))
                 self._partitions[out.topic] = parts
-            partition = self._partitioner(out.record.key, parts, parts)
-            grouped.setdefault((out.topic, partition), []).append(out.record)
+            key = out.record.key
+            h = hashes.get(key)
+            if h is None:  # DefaultPartitioner: murmur2(key) & 0x7fffffff mod partitions
+                h = hashes[key] = murmur2(key) & 0x7FFFFFFF
+            grouped.setdefault((out.topic, parts[h % len(parts)]), []).append(out.record)
         futures: list[asyncio.Future[Any]] = []
         for (topic, partition), records in grouped.items():
             builder = producer.create_batch()

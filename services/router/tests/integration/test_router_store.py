@@ -1,0 +1,85 @@
+"""RedisStore on REAL Redis: the batch scripts read back what they wrote."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from loket_router import domain
+from loket_router.store import RedisStore, Writes
+from loket_schemas.events import AgencyRole, QuestionReceived
+from loket_schemas.vocabulary import AgencyCode, DataCategory
+
+pytestmark = pytest.mark.integration
+
+NOW = datetime(2026, 11, 2, 10, 0, tzinfo=UTC)
+
+
+def question(cid: str) -> QuestionReceived:
+    return QuestionReceived(
+        case_id=cid,
+        reference="LK-AAAA-BBBB",
+        channel="web",
+        initiative_id="bibliotheek-utrecht-neude",
+        text="Vraag",
+        received_at=NOW,
+    )
+
+
+async def test_write_load_markers_and_withdrawals(redis_client: Any, redis_prefix: str) -> None:
+    store = RedisStore(redis_client, redis_prefix, 600)
+    writes = Writes(
+        questions=[question("a"), question("b")],
+        leads={"a": AgencyCode.DUO},
+        roles=[
+            ("a", AgencyCode.DUO, AgencyRole.LEAD),
+            ("a", AgencyCode.CJIB, AgencyRole.SUPPORTING),
+        ],
+        shares=[
+            (
+                "a",
+                domain.ConsentShare(
+                    AgencyCode.CJIB,
+                    "c-1",
+                    frozenset({DataCategory.CONTACT, DataCategory.QUESTION_TEXT}),
+                ),
+            )
+        ],
+        withdrawals=[
+            ("b", domain.Withdrawal("c-2")),
+            ("a", domain.Withdrawal("c-1", frozenset({DataCategory.CONTACT}))),
+        ],
+    )
+    await store.write(writes)
+    await store.write(writes)  # idempotent
+    marker = store.done_key("routed", "a")
+    states = await store.load(
+        ["a", "b", "c"],
+        done_keys=[marker, store.done_key("routed", "b"), store.done_key("routed", "c")],
+        full=True,
+    )
+    assert not any(s.done for s in states.values())
+    a, b, c = states["a"], states["b"], states["c"]
+    assert a.question == question("a") and b.question == question("b") and c.question is None
+    assert a.lead == AgencyCode.DUO and b.lead is None
+    assert a.roles == {AgencyCode.DUO: AgencyRole.LEAD, AgencyCode.CJIB: AgencyRole.SUPPORTING}
+    assert a.shares == [
+        domain.ConsentShare(
+            AgencyCode.CJIB, "c-1", frozenset({DataCategory.CONTACT, DataCategory.QUESTION_TEXT})
+        )
+    ]
+    assert a.withdrawals == {"c-1": domain.Withdrawal("c-1", frozenset({DataCategory.CONTACT}))}
+    assert b.withdrawals == {"c-2": domain.Withdrawal("c-2")} and c.withdrawals == {}
+    assert 0 < await redis_client.ttl(store.key("case", "a")) <= 600
+
+    await store.mark_done([marker])
+    assert await store.done([marker, store.done_key("routed", "b")]) == [True, False]
+    assert 0 < await redis_client.ttl(marker) <= 600
+    light = await store.load(["a", "a", "b"], done_keys=[marker, marker, "x"], full=False)
+    assert light["a"].done and not light["b"].done and light["a"].question is None
+    assert await store.withdrawals(["b", "c"]) == {"b": {"c-2": domain.Withdrawal("c-2")}, "c": {}}
+    assert await store.done([]) == [] and await store.withdrawals([]) == {}
+    await store.write(Writes())
+    await store.mark_done([])

@@ -1,0 +1,196 @@
+"""The router's fast output path equals the schemas' slow path, byte for byte.
+
+Outputs are built with ``model_construct`` (no second validation) and encoded with
+precomputed CloudEvents headers. Here every output of a varied set of questions (real
+routing engine, all requester and consent shapes) is checked against the schemas: it
+decodes and validates with ``loket_schemas.kafka.decode``, re-validating the model gives
+the same model, and ``to_record`` gives exactly what ``loket_schemas.kafka.encode`` gives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from router_factories import BSN, NOW, business_question, consent, question
+
+from loket_router import domain
+from loket_router.handlers import QuestionProcessor, RecordHeaders, RouterContext, to_record
+from loket_router.routing import classify
+from loket_router.store import CaseState
+from loket_schemas.catalog import load_agencies
+from loket_schemas.events import (
+    REGISTRY,
+    CaseDelivered,
+    CaseRouted,
+    DataErasureRequested,
+    DataShareLogged,
+    MessageDeadLettered,
+    QuestionReceived,
+)
+from loket_schemas.kafka import decode, encode, service_source
+from loket_schemas.tracing import new_trace
+from loket_schemas.vocabulary import (
+    AgencyCode,
+    ContactDetails,
+    DataCategory,
+    PersonRequester,
+)
+
+EVAL = Path(__file__).resolve().parents[4] / "tests" / "data" / "routing_eval_independent.jsonl"
+
+
+def test_event_id_is_uuid5() -> None:
+    rng = random.Random(7)
+    for _ in range(300):
+        parts = [
+            "".join(chr(rng.randrange(32, 0x2FF)) for _ in range(rng.randrange(0, 20)))
+            for _ in range(rng.randrange(1, 5))
+        ]
+        expected = str(uuid.uuid5(domain._ID_NAMESPACE, "\x1f".join(parts)))
+        assert domain.event_id(*parts) == expected
+
+
+@dataclass
+class Rec:
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes]]
+    offset: int
+    topic: str = "loket.questions.v1"
+    partition: int = 0
+
+
+class Store:
+    def done_key(self, kind: str, ident: str) -> str:
+        return f"done:{kind}:{ident}"
+
+    async def load(
+        self, case_ids: Sequence[str], *, done_keys: Sequence[str] | None = None, full: bool = True
+    ) -> dict[str, CaseState]:
+        withdrawn = {"c-w": domain.Withdrawal("c-w", frozenset({DataCategory.CONTACT}))}
+        return {cid: CaseState(cid, withdrawals=withdrawn) for cid in case_ids}
+
+
+def texts() -> list[str]:
+    lines = [json.loads(line) for line in EVAL.read_text().splitlines() if line.strip()]
+    return [x["text"] for x in lines if "text" in x][:60] or ["Vraag over mijn belastingschuld"]
+
+
+def variants() -> list[QuestionReceived]:
+    shapes: list[dict[str, Any]] = [
+        {},
+        {"consent": None},
+        {"requester": None, "consent": None},
+        {"requester": PersonRequester(bsn=BSN)},
+        {"requester": PersonRequester(contact=ContactDetails(phone="0612345678"))},
+        {"consent": consent(categories=list(DataCategory), explicit=True)},
+        {"consent": consent(expires_at=NOW - timedelta(minutes=1))},
+        {"consent": consent(recipients=[AgencyCode.DUO, AgencyCode.CJIB])},
+        {"consent": consent(consent_id="c-w", categories=list(DataCategory))},
+        {"consent": consent(purpose="research")},
+        {"urgent": True, "vulnerable": True, "subject_pseudonym": "p" * 80},
+    ]
+    out: list[QuestionReceived] = []
+    for i, text in enumerate(texts()):
+        kw = dict(shapes[i % len(shapes)])
+        if i % 7 == 3:
+            kw.pop("requester", None)
+            out.append(business_question(f"case-{i}", text=text, **kw))
+        else:
+            out.append(question(f"case-{i}", text=text, **kw))
+    return out
+
+
+def test_every_output_validates_and_matches_encode() -> None:
+    ctx = RouterContext(
+        catalog=load_agencies(),
+        classify=classify,
+        pseudonym_key="k",
+        source=service_source("router"),
+        clock=lambda: NOW,
+    )
+    records = []
+    for i, q in enumerate(variants()):
+        rec = encode(q, source=service_source("intake"), trace=new_trace())
+        records.append(Rec(rec.key, rec.value, list(rec.headers), i))
+    result = asyncio.run(QuestionProcessor(ctx, Store()).process(records))  # type: ignore[arg-type]
+    assert result.stats.routed == len(records) and not result.stats.dead_lettered
+    seen: set[type] = set()
+    shared_any = withheld_any = False
+    for out in result.outgoing:
+        env = decode(out.record.value, out.record.headers)  # validates against the schema
+        model = env.data
+        seen.add(type(model))
+        assert type(model).model_validate_json(out.record.value) == model
+        assert model.model_dump_json().encode() == out.record.value
+        headers = dict(out.record.headers)
+        slow = encode(
+            model,
+            source=ctx.source,
+            trace=env.attributes.trace,
+            event_id=headers["ce_id"].decode(),
+            time=NOW,
+        )
+        assert slow == out.record
+        if isinstance(model, CaseDelivered):
+            shared_any = shared_any or bool(model.manifest.shared)
+            withheld_any = withheld_any or bool(model.manifest.withheld)
+            if model.requester is not None and model.requester.kind == "person":
+                # a BSN only travels with a basis for identity data
+                cats = {s.category for s in model.manifest.shared}
+                assert (model.requester.bsn is None) or (DataCategory.IDENTITY in cats)
+    assert {CaseDelivered, DataShareLogged, CaseRouted} <= seen
+    assert shared_any and withheld_any
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        DataErasureRequested(
+            case_id="c",
+            agency=AgencyCode.DUO,
+            consent_id="x",
+            categories=[DataCategory.CONTACT],
+            requested_at=NOW,
+        ),
+        MessageDeadLettered(
+            case_id="unknown",
+            service="router",
+            original_topic="t",
+            partition=0,
+            offset=3,
+            error_class="X",
+            message="bad",
+            attempts=1,
+            dead_lettered_at=NOW,
+        ),
+    ],
+)
+def test_to_record_equals_encode(message: Any) -> None:
+    trace = new_trace()
+    shared = RecordHeaders(b"urn:x", b"2026-11-02T10:00:00.000Z", trace.traceparent.encode())
+    fast = to_record(message, "id-1", shared)
+    assert fast == encode(message, source="urn:x", trace=trace, event_id="id-1", time=NOW)
+    assert type(message).EVENT_TYPE in REGISTRY
+
+
+def test_naive_clock_and_empty_routing_are_refused() -> None:
+    q = question()
+    agency = load_agencies().get(AgencyCode.DUO)
+    manifest = domain.build_manifest([DataCategory.QUESTION_TEXT], agency, q.consent, NOW)
+    with pytest.raises(ValueError):
+        domain.case_routed(q, AgencyCode.DUO, [], at=NOW)
+    assignment = classify(q.text).assignments[0]
+    with pytest.raises(ValueError):
+        domain.deliver(
+            q, assignment, AgencyCode.DUO, manifest, pseudonym=None, at=NOW.replace(tzinfo=None)
+        )
