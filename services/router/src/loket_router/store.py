@@ -96,7 +96,7 @@ class CaseState:
 
 @dataclass
 class Writes:
-    """State changes of one batch, written in one pipeline before the transaction commits."""
+    """State changes of one batch, written in one script call before the transaction commits."""
 
     questions: list[QuestionReceived] = field(default_factory=list)
     leads: dict[str, AgencyCode] = field(default_factory=dict)
