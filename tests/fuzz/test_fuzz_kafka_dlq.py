@@ -76,7 +76,7 @@ record_st = st.tuples(
         ),
         max_size=8,
     ),
-).filter(lambda r: is_poison(r[1], r[2]))
+).filter(lambda r: (r[0] is not None or r[1] is not None) and is_poison(r[1], r[2]))
 
 
 @settings(
