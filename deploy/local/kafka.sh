@@ -109,7 +109,13 @@ format_storage() {
   if [[ -f "$KAFKA_DIR/cluster.id" ]]; then
     cid="$(cat "$KAFKA_DIR/cluster.id")"
   else
-    cid="$(python3 -c 'import base64,uuid;print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')"
+    # Kafka's own Uuid.randomUuid() never starts with "-" (the CLI would read it as an option)
+    cid="$(python3 -c 'import base64,uuid
+while True:
+    c = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    if not c.startswith("-"):
+        print(c)
+        break')"
     echo "$cid" >"$KAFKA_DIR/cluster.id"
   fi
   log "formatting storage (cluster id $cid)"
