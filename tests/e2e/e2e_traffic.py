@@ -5,9 +5,11 @@
   connection error is retried with the SAME key and body until a deadline. Every 202 is
   recorded (client token -> case id). The token ``[q:<token>]`` is part of the question
   text, so the invariant checks can tell whether one question became two cases.
-* :class:`AgencyResponders` watch ``loket.handoffs.v1`` and answer every
-  ``HandoffOffered`` by a deterministic policy (accept over HTTP or Kafka, decline with a
-  suggestion over Kafka, resolve, or leave open), so a run exercises every path.
+* :class:`AgencyResponders` watch ``loket.handoffs.v1`` from its end at ``start()`` and
+  answer every ``HandoffOffered`` of a case that entered the system after that (its initial
+  ``CaseRouted`` was seen) by a deterministic policy (accept over HTTP or Kafka, decline
+  with a suggestion over Kafka, resolve, or leave open), so a run exercises every path.
+  Cases of earlier tests on a shared stack are never touched.
 * :class:`DeliveryTap` records when each case's first ``CaseDelivered`` became visible
   (read_committed), for end-to-end latency.
 """
@@ -20,13 +22,13 @@ import random
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from loket_schemas.catalog import load_initiatives
 from loket_schemas.events import (
@@ -39,6 +41,7 @@ from loket_schemas.events import (
     HandoffAccepted,
     HandoffOffered,
     ResolveHandoff,
+    RouteCause,
 )
 from loket_schemas.kafka import DecodeError, Envelope, decode, encode
 from loket_schemas.topics import HANDOFF_RESPONSES, HANDOFFS, agency_topic
@@ -121,6 +124,10 @@ def make_question(rng: random.Random, token: str) -> tuple[str, dict[str, Any]]:
             "recipients": ["gemeente", "cak", "uwv"],
         }
     return initiative, body
+
+
+#: development key of desk staff (reads a case and its timeline)
+DESK_KEY = "dev-desk"
 
 
 def intake_key(initiative: str) -> str:
@@ -321,7 +328,19 @@ def _suggest(agency: AgencyCode) -> AgencyCode:
 
 
 class AgencyResponders:
-    """Answers every HandoffOffered on ``loket.handoffs.v1`` according to :func:`policy`."""
+    """Answers every HandoffOffered on ``loket.handoffs.v1`` according to :func:`policy`.
+
+    Only cases whose initial ``CaseRouted`` appeared after :meth:`start` are answered: the
+    consumer starts at the end of the topic, and a module-shared stack holds the handoffs
+    of earlier tests (already accepted, declined or resolved by those tests). Handoff
+    publishes a case's offers after its ``CaseRouted`` in the same partition (key = case
+    id), so the routing is always seen before the offers.
+
+    Every accept carries a contact name unique to this responder, so a retried accept
+    whose first attempt took effect although its answer was lost (409 once the case moved
+    on, e.g. our own resolve) is recognised from the case timeline and not counted as an
+    error; any other 409 is.
+    """
 
     def __init__(
         self,
@@ -350,6 +369,12 @@ class AgencyResponders:
         self.http_status: Counter[int | str] = Counter()
         self.errors: list[str] = []
         self.case_agencies: dict[str, set[AgencyCode]] = {}
+        #: cases whose initial CaseRouted this responder saw: the only ones it answers
+        self.own_cases: set[str] = set()
+        self.foreign_skipped = 0
+        #: accepts retried after a lost answer, proven ours on the case timeline
+        self.confirmed_after_retry: list[str] = []
+        self.run_id = uuid.uuid4().hex[:8]
 
     @property
     def url(self) -> str:
@@ -361,7 +386,6 @@ class AgencyResponders:
         )
         await self.producer.start()
         self.consumer = AIOKafkaConsumer(
-            self.prefix + HANDOFFS,
             bootstrap_servers=self.bootstrap,
             group_id=None,
             auto_offset_reset="earliest",
@@ -369,6 +393,14 @@ class AgencyResponders:
             enable_auto_commit=False,
         )
         await self.consumer.start()
+        topic = self.prefix + HANDOFFS
+        partitions = await self.producer.partitions_for(topic)  # waits for the metadata
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        self.consumer.assign(tps)
+        # positioned at the current end (read_committed: the last stable offset, so a
+        # transaction still open now is read once committed) before any traffic starts
+        for tp, end in (await self.consumer.end_offsets(tps)).items():
+            self.consumer.seek(tp, end)
         self._task = asyncio.create_task(self._loop())
 
     async def stop(self) -> None:
@@ -401,8 +433,13 @@ class AgencyResponders:
                         continue
                     ev = env.data
                     if isinstance(ev, CaseRouted):
+                        if ev.cause == RouteCause.INITIAL:
+                            self.own_cases.add(ev.case_id)
                         known = self.case_agencies.setdefault(ev.case_id, set())
                         known.update(a.agency for a in ev.assignments)
+                        continue
+                    if getattr(ev, "case_id", None) not in self.own_cases:
+                        self.foreign_skipped += 1  # a case of an earlier test
                         continue
                     if isinstance(ev, HandoffOffered) and ev.handoff_id not in self.seen_offers:
                         self.seen_offers.add(ev.handoff_id)
@@ -449,9 +486,20 @@ class AgencyResponders:
                     return
                 await asyncio.sleep(0.5)
 
-    async def _post(self, path: str, agency: AgencyCode, body: dict[str, Any]) -> None:
+    async def _post(
+        self,
+        path: str,
+        agency: AgencyCode,
+        body: dict[str, Any],
+        *,
+        took_effect: Callable[[], Awaitable[bool]] | None = None,
+    ) -> None:
+        """POST until 200; retry 404 (offer not yet in the projection), 5xx and transport
+        errors. After such a retry, a 409 counts as success only if ``took_effect()``
+        proves that an earlier attempt of ours went through (its answer was lost)."""
         deadline = time.monotonic() + self.retry_deadline_s
         delay = 0.1
+        maybe_applied = False  # an earlier attempt may have been applied, answer lost
         while True:
             status: int | str
             try:
@@ -465,23 +513,58 @@ class AgencyResponders:
             self.http_status[status] += 1
             if status == 200:
                 return
+            if status == 409 and maybe_applied and took_effect is not None:
+                if await took_effect():
+                    self.confirmed_after_retry.append(path)
+                    return
             retryable = isinstance(status, str) or status >= 500 or status == 404
             if not retryable or time.monotonic() > deadline:
                 self.errors.append(f"POST {path} -> {status} {r.text[:200] if r else ''}")
                 return
+            maybe_applied = maybe_applied or status != 404
             await asyncio.sleep(delay)  # retry after a fault (503 / connection refused)
             delay = min(delay * 2, 2.0)
+
+    async def _accepted_by_us(self, case_id: str, handoff_id: str, contact: str) -> bool:
+        """True if the case timeline records ``handoff_id`` accepted by our ``contact``."""
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                r = await self.client.get(
+                    f"{self.url}/api/v1/cases/{case_id}", headers={"X-API-Key": DESK_KEY}
+                )
+                if r.status_code == 200:
+                    return any(
+                        item["kind"] == "accepted"
+                        and item.get("handoff_id") == handoff_id
+                        and item.get("detail", {}).get("contact") == contact
+                        for item in r.json()["timeline"]
+                    )
+                if r.status_code < 500:
+                    return False
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.5)  # handoff restarting or rebuilding (503)
+
+    def contact_for(self, agency: AgencyCode) -> ContactPerson:
+        """The named person of ``agency`` at this responder (unique to this instance)."""
+        return ContactPerson(
+            name=f"Medewerker {agency.value} {self.run_id}", email="medewerker@example.nl"
+        )
 
     async def _respond(
         self, ev: HandoffOffered, action: str, suggestion: AgencyCode | None
     ) -> None:
         self.actions[action] += 1
-        contact = ContactPerson(name=f"Medewerker {ev.agency.value}", email="medewerker@example.nl")
+        contact = self.contact_for(ev.agency)
         if action == "accept_http":
             await self._post(
                 f"/api/v1/handoffs/{ev.handoff_id}/accept",
                 ev.agency,
                 {"contact": contact.model_dump(exclude_none=True)},
+                took_effect=lambda: self._accepted_by_us(ev.case_id, ev.handoff_id, contact.name),
             )
         elif action == "accept_kafka":
             await self._send_kafka(
