@@ -37,6 +37,7 @@ from loket_schemas.events import (
     Message,
     MessageDeadLettered,
     QuestionReceived,
+    RouteCause,
 )
 from loket_schemas.kafka import (
     CONTENT_TYPE,
@@ -476,6 +477,16 @@ class RerouteProcessor:
     input_topic: str = topics.HANDOFFS
 
     def marker(self, event: HandoffDeclined | HandoffEscalated) -> str:
+        """The done-marker of the *action* this event asks for: one per (case, cause,
+        replaced handoff). A decline-reroute and an escalation-reroute of one handoff are
+        different actions; a replay of the same event maps to the same marker."""
+        cause = RouteCause.ESCALATION if isinstance(event, HandoffEscalated) else RouteCause.DECLINE
+        return self.store.done_key("reroute", f"{event.case_id}:{cause.value}:{event.handoff_id}")
+
+    def legacy_marker(self, event: HandoffDeclined | HandoffEscalated) -> str:
+        """The marker format before the cause was part of it (``<case>:<handoff_id>``),
+        written only for acted-on events: still honoured so that a replay across the
+        upgrade stays idempotent. Can go once every such marker expired (case TTL)."""
         return self.store.done_key("reroute", f"{event.case_id}:{event.handoff_id}")
 
     async def process(self, records: Sequence[ConsumerRecordLike]) -> BatchResult:
@@ -489,11 +500,17 @@ class RerouteProcessor:
             return out
         ids = [env.data.case_id for _, env in decoded]
         markers = [self.marker(env.data) for _, env in decoded]
+        legacy = [self.legacy_marker(env.data) for _, env in decoded]
         states = await self.store.load(ids, full=True)
-        done = await self.store.done(markers)
-        seen: set[str] = set()
+        flags = await self.store.done(markers + legacy)
+        done = [
+            new or old
+            for new, old in zip(flags[: len(markers)], flags[len(markers) :], strict=True)
+        ]
+        # markers of the events acted on earlier in this batch (committed together)
+        acted_in_batch: set[str] = set()
         for (record, env), marker, is_done in zip(decoded, markers, done, strict=True):
-            if is_done or marker in seen:
+            if is_done or marker in acted_in_batch:
                 out.stats.duplicates += 1
                 continue
             try:
@@ -502,8 +519,10 @@ class RerouteProcessor:
             except (ValidationError, ValueError, KeyError) as exc:
                 dead_letter(self.ctx, out, record, poison(exc))
                 continue
-            seen.add(marker)
+            # only an action taken is "done": an event the router waits on (2nd decline)
+            # must not hide the escalation that follows it in the same batch
             if acted:
+                acted_in_batch.add(marker)
                 out.markers.append(marker)
         return out
 
