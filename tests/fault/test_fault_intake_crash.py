@@ -6,6 +6,10 @@ request publishes QuestionReceived and then the process "dies" (no code runs aft
 ack); the pending marker's TTL runs out; the client retries with the same key and body.
 The retry must republish the SAME case (same case id, same event id) so the router's
 dedup makes it exactly one case.
+
+Fixed: the claim stores the case (id, reference, receive time) as the key's *intent*
+before anything is published; a retry after the lease ran out resumes it. The test even
+lets the whole lease record vanish (not just time out): the intent is a separate key.
 """
 
 from __future__ import annotations
@@ -37,12 +41,6 @@ class Publisher:
             raise ProcessDied
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="intake bug: the pending idempotency marker holds no case id and expires after "
-    "30 s; a retry after a crash between Kafka ack and settle creates a second case "
-    "(services/intake/src/loket_intake/handlers.py submit_question / store.py)",
-)
 async def test_retry_after_crash_between_ack_and_settle_republishes_same_case(
     redis_client: Any, redis_prefix: str
 ) -> None:
@@ -70,7 +68,7 @@ async def test_retry_after_crash_between_ack_and_settle_republishes_same_case(
     dying = Publisher(die_after_publish=True)
     with pytest.raises(ProcessDied):
         await handlers.submit_question(question, deps(dying), trace=new_trace(), idempotency=idem)
-    # the pending marker's lease runs out (30 s in production)
+    # the pending marker's lease runs out (LOKET_IDEMPOTENCY_LEASE_S, 15 s by default)
     await redis_client.pexpire(store.idem_key(idem.scope, idem.key), 1)
     await redis_client.delete("never-used")  # a round trip so the expiry has passed
     while await redis_client.exists(store.idem_key(idem.scope, idem.key)):
@@ -86,3 +84,15 @@ async def test_retry_after_crash_between_ack_and_settle_republishes_same_case(
         decode(again.value, again.headers).attributes.id
         == decode(first.value, first.headers).attributes.id
     )
+    # the identical event: same bytes, same CloudEvents headers (only the trace differs)
+    assert again.key == first.key and again.value == first.value
+    assert [h for h in again.headers if h[0] != "traceparent"] == [
+        h for h in first.headers if h[0] != "traceparent"
+    ]
+    assert result.accepted.reference == decode(first.value, first.headers).data.reference
+    # settled: a further retry replays the 202 and publishes nothing
+    replay = await handlers.submit_question(
+        question, deps(healthy), trace=new_trace(), idempotency=idem
+    )
+    assert replay.replayed and replay.accepted == result.accepted
+    assert len(healthy.records) == 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -83,3 +83,13 @@ def header(record: ConsumerRecord[bytes, bytes], name: str) -> str | None:
         if key == name:
             return value.decode()
     return None
+
+
+async def until(check: Callable[[], Awaitable[bool] | bool], within: float = 10.0) -> None:
+    """Poll ``check`` until it is true (TimeoutError after ``within`` seconds)."""
+    async with asyncio.timeout(within):
+        while True:
+            result = check()
+            if result if isinstance(result, bool) else await result:
+                return
+            await asyncio.sleep(0.02)  # the state changes elsewhere (Redis TTL, a task)

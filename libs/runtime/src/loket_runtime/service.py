@@ -26,7 +26,7 @@ from faststream.kafka import KafkaBroker
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
-from loket_runtime.health import health_router, kafka_check, new_registry, redis_check
+from loket_runtime.health import Check, health_router, kafka_check, new_registry, redis_check
 from loket_runtime.kafka import create_broker, ensure_topics, stop_broker
 from loket_runtime.logging import get_logger
 from loket_runtime.settings import BaseServiceSettings
@@ -57,6 +57,7 @@ class ServiceRuntime:
         self.topic_partitions = 3
         self._startup: list[Hook] = []
         self._shutdown: list[Hook] = []
+        self._checks: dict[str, Check] = {}
         self.log = get_logger(f"loket.{settings.service_name}")
 
     def topic(self, name: str) -> str:
@@ -77,6 +78,10 @@ class ServiceRuntime:
         self._shutdown.append(hook)
         return hook
 
+    def add_readiness_check(self, name: str, check: Check) -> None:
+        """One more ``/readyz`` check besides ``kafka`` and ``redis`` (before :meth:`install`)."""
+        self._checks[name] = check
+
     def install(self, app: FastAPI) -> None:
         app.state.runtime = self
         app.state.settings = self.settings
@@ -87,6 +92,7 @@ class ServiceRuntime:
                 {
                     "kafka": kafka_check(self.broker, self.settings.readiness_timeout_s),
                     "redis": redis_check(self.redis),
+                    **self._checks,
                 },
                 registry=self.registry,
                 timeout=self.settings.readiness_timeout_s,

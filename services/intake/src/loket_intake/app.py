@@ -24,6 +24,12 @@ def create_app(settings: IntakeSettings | None = None) -> FastAPI:
     )
     runtime.ensure_topics_on_start([topics.QUESTIONS, topics.CONSENT])
     pubs = publishers.register(runtime)
+    supervisor = publishers.ProducerSupervisor(
+        runtime.broker,
+        start_timeout_s=settings.producer_start_timeout_s,
+        registry=runtime.registry,
+    )
+    runtime.add_readiness_check("kafka_producer", supervisor.readiness)
     keys = api.ApiKeys(settings)
     app = FastAPI(
         title="Loket intake",
@@ -33,12 +39,20 @@ def create_app(settings: IntakeSettings | None = None) -> FastAPI:
     )
     runtime.install(app)
     app.state.publishers = pubs
-    questions = publishers.FastStreamPublisher(pubs.questions, settings.publish_timeout_s)
-    consent = publishers.FastStreamPublisher(pubs.consent, settings.publish_timeout_s)
+    app.state.producer_supervisor = supervisor
+    questions = publishers.FastStreamPublisher(
+        pubs.questions, settings.publish_timeout_s, supervisor
+    )
+    consent = publishers.FastStreamPublisher(pubs.consent, settings.publish_timeout_s, supervisor)
+    runtime.on_shutdown(supervisor.close)
     runtime.on_shutdown(questions.close)
     runtime.on_shutdown(consent.close)
     app.state.deps = handlers.Deps(
-        store=RedisIntakeStore(runtime.redis, settings.redis_key_prefix),
+        store=RedisIntakeStore(
+            runtime.redis,
+            settings.redis_key_prefix,
+            lease_ms=int(settings.idempotency_lease_s * 1000),
+        ),
         questions=questions,
         consent=consent,
         pseudonym_key=settings.pseudonym_key.get_secret_value(),

@@ -25,7 +25,7 @@ from loket_intake.errors import (
     PublishFailed,
     StoreUnavailable,
 )
-from loket_intake.store import IdempotencyRecord, IntakeStore
+from loket_intake.store import IdempotencyRecord, IntakeStore, NewCase
 from loket_runtime.logging import get_logger
 from loket_schemas.events import Attachment, ConsentWithdrawn, Message
 from loket_schemas.kafka import KafkaRecord, encode, service_source
@@ -94,22 +94,101 @@ async def _publish(publisher: EventPublisher, message: Message, record: KafkaRec
         raise PublishFailed("Kafka did not acknowledge the event; retry later") from exc
 
 
-async def _wait_for_other(
-    deps: Deps, idem: Idempotency, first: IdempotencyRecord
-) -> IdempotencyRecord:
-    """Another request holds the key: wait briefly for it to finish."""
-    record = first
+@dataclass(frozen=True)
+class CaseChoice:
+    """The case a request publishes: new, or resumed from an earlier attempt's intent."""
+
+    case_id: str
+    reference: str
+    received_at: datetime
+    resumed: bool = False
+
+
+def _draw_case(question: QuestionIn, deps: Deps) -> NewCase:
+    case_id = domain.new_case_id()
+    return NewCase(
+        case_id=case_id,
+        reference=domain.new_reference(),
+        received_at=deps.now().isoformat(),
+        initiative=question.initiative,
+        consent_id=domain.consent_id_for(case_id) if question.consent else None,
+        consent_categories=(
+            [c.value for c in question.consent.categories] if question.consent else []
+        ),
+    )
+
+
+async def _claim_key(
+    question: QuestionIn, deps: Deps, idem: Idempotency, token: str
+) -> CaseChoice | Submitted:
+    """Claim the Idempotency-Key: a new case, a resumed case, or the stored 202 to replay.
+
+    While another request holds the key's lease, wait up to ``idempotency_wait_s`` for it
+    to settle (replay its 202), or for its lease to run out (then resume its case: the
+    holder died); after that, 409 ``idempotency_key_in_progress``. Raises
+    IdempotencyConflict when the key was used with another body.
+    """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + deps.idempotency_wait_s
     delay = 0.02
-    while record.state == "pending" and loop.time() < deadline:
-        await asyncio.sleep(delay)  # the other request settles in Redis; nothing to await
+    while True:
+        for attempt in range(MAX_REFERENCE_ATTEMPTS):
+            drawn = _draw_case(question, deps)
+            claim = await deps.store.claim(
+                idem.scope, idem.key, token=token, body_hash=idem.body_hash, case=drawn
+            )
+            if claim.outcome != "reference_taken":
+                break
+            log.info("reference_collision", attempt=attempt + 1)
+        else:
+            raise StoreUnavailable("could not reserve a unique reference")
+        if claim.outcome == "claimed":
+            received = datetime.fromisoformat(drawn.received_at)
+            return CaseChoice(drawn.case_id, drawn.reference, received)
+        if claim.outcome == "resumed":
+            intent = claim.intent
+            assert intent is not None
+            # an earlier attempt chose this case and may have published it (a crash after
+            # the ack, a lost ack, a 503): publish the identical event again
+            log.info("question_resumed", case_id=intent.case_id)
+            received = datetime.fromisoformat(intent.received_at)
+            return CaseChoice(intent.case_id, intent.reference, received, resumed=True)
+        if claim.outcome == "conflict":
+            raise IdempotencyConflict("this Idempotency-Key was used with a different request body")
+        existing = claim.record
+        assert existing is not None
+        if existing.body_hash != idem.body_hash:
+            raise IdempotencyConflict("this Idempotency-Key was used with a different request body")
+        if existing.state == "done" and existing.response is not None:
+            r = existing.response
+            log.info("question_replayed", case_id=r["case_id"])
+            return Submitted(Accepted(r["case_id"], r["reference"], r["status_url"]), True)
+        # pending: another request holds the lease
+        if loop.time() + delay > deadline:
+            seconds = max(1, -(-claim.lease_ms // 1000))
+            raise IdempotencyInProgress(
+                "a request with this Idempotency-Key is still in progress; "
+                f"retry in {seconds} s or later"
+            )
+        await asyncio.sleep(delay)  # the holder settles in Redis; nothing to await here
         delay = min(delay * 2, 0.2)
-        current = await deps.store.get_idempotency(idem.scope, idem.key)
-        if current is None:
-            break
-        record = current
-    return record
+
+
+async def _reserve_without_key(question: QuestionIn, deps: Deps) -> CaseChoice:
+    """No Idempotency-Key: reserve a unique reference and write the case record."""
+    for attempt in range(MAX_REFERENCE_ATTEMPTS):
+        drawn = _draw_case(question, deps)
+        if await deps.store.reserve_case(
+            drawn.reference,
+            drawn.case_id,
+            drawn.initiative,
+            drawn.consent_id,
+            drawn.consent_categories,
+        ):
+            received = datetime.fromisoformat(drawn.received_at)
+            return CaseChoice(drawn.case_id, drawn.reference, received)
+        log.info("reference_collision", attempt=attempt + 1)
+    raise StoreUnavailable("could not reserve a unique reference")
 
 
 async def submit_question(
@@ -120,117 +199,74 @@ async def submit_question(
     idempotency: Idempotency | None = None,
     attachments: list[Attachment] | None = None,
 ) -> Submitted:
-    """Capture one question: reserve a reference, publish QuestionReceived, answer.
+    """Capture one question: choose its case, publish QuestionReceived, answer.
 
-    Returns only after Kafka acknowledged the event. Raises IdempotencyConflict /
-    IdempotencyInProgress (409), PublishFailed / StoreUnavailable (503).
+    Returns only after Kafka acknowledged the event. With an Idempotency-Key the case
+    (id, reference, receive time) is stored before anything is published, so every retry
+    with the key publishes the identical event (same ``ce_id``) and gets the same answer.
+    Raises IdempotencyConflict / IdempotencyInProgress (409), PublishFailed /
+    StoreUnavailable (503).
     """
     token = uuid.uuid4().hex
-    reuse: IdempotencyRecord | None = None
-    case_id = domain.new_case_id()
-    received_at = deps.now()
-    consent_id = domain.consent_id_for(case_id) if question.consent else None
-    categories = [c.value for c in question.consent.categories] if question.consent else []
-    reference = domain.new_reference()
-    reserved = False
     if idempotency is not None:
-        pending = IdempotencyRecord("pending", idempotency.body_hash, token=token)
-        # common case in one round trip: claim the key and reserve the reference
-        claim, reserved = await deps.store.claim_and_reserve(
-            idempotency.scope,
-            idempotency.key,
-            pending,
-            reference,
-            case_id,
-            question.initiative,
-            consent_id,
-            categories,
-        )
-        if not claim.claimed:  # key taken: look closer (replay, conflict, takeover)
-            claim = await deps.store.claim_idempotency(idempotency.scope, idempotency.key, pending)
-        if not claim.claimed:
-            existing = claim.record
-            assert existing is not None
-            if existing.state == "pending" and existing.body_hash == idempotency.body_hash:
-                existing = await _wait_for_other(deps, idempotency, existing)
-            if existing.body_hash != idempotency.body_hash:
-                raise IdempotencyConflict(
-                    "this Idempotency-Key was used with a different request body"
-                )
-            if existing.state == "done" and existing.response is not None:
-                r = existing.response
-                log.info("question_replayed", case_id=r["case_id"])
-                return Submitted(Accepted(r["case_id"], r["reference"], r["status_url"]), True)
-            raise IdempotencyInProgress(
-                "a request with this Idempotency-Key is still in progress; retry shortly"
-            )
-        reuse = claim.record
-
-    if reuse is not None and reuse.case_id and reuse.reference and reuse.received_at:
-        # retry after a failed publish: the same case, reference and event id
-        case_id, reference = reuse.case_id, reuse.reference
-        received_at = datetime.fromisoformat(reuse.received_at)
-    elif not reserved:
-        try:
-            for attempt in range(MAX_REFERENCE_ATTEMPTS):
-                if attempt:
-                    log.info("reference_collision", reference=reference)
-                    reference = domain.new_reference()
-                if await deps.store.reserve_case(
-                    reference, case_id, question.initiative, consent_id, categories
-                ):
-                    break
-            else:
-                raise StoreUnavailable("could not reserve a unique reference")
-        except StoreUnavailable:
-            await _settle_quietly(deps, idempotency, token, None)
-            raise
+        claimed = await _claim_key(question, deps, idempotency, token)
+        if isinstance(claimed, Submitted):
+            return claimed
+        case = claimed
+    else:
+        case = await _reserve_without_key(question, deps)
 
     event = domain.build_event(
         question,
-        case_id=case_id,
-        reference=reference,
-        received_at=received_at,
+        case_id=case.case_id,
+        reference=case.reference,
+        received_at=case.received_at,
         pseudonym_key=deps.pseudonym_key,
         attachments=attachments,
     )
-    record = encode(event, source=SOURCE, trace=trace, event_id=question_event_id(case_id))
+    # ce_time = received_at and ce_id from the case id: a republished event is identical
+    # (only its traceparent differs)
+    record = encode(
+        event,
+        source=SOURCE,
+        trace=trace,
+        event_id=question_event_id(case.case_id),
+        time=case.received_at,
+    )
     try:
         await _publish(deps.questions, event, record)
     except PublishFailed as exc:
         if idempotency is not None:
-            # Keep case id and reference: a retry with this key republishes the same event.
-            failed = IdempotencyRecord(
-                "failed",
-                idempotency.body_hash,
-                case_id=case_id,
-                reference=reference,
-                received_at=received_at.isoformat(),
-            )
-            await _settle_quietly(deps, idempotency, token, failed)
+            # Release the lease now; the intent keeps the case, so the client's retry
+            # resumes it and republishes this very event (if this one still lands late,
+            # the router sees the same case id twice and routes it once).
+            await _settle_quietly(deps, idempotency, token, None)
         elif not exc.in_flight:
             # Definitely not written: free the reference. (A timed-out record is still
             # queued in the producer and may land later: its case record stays.)
-            await _release_quietly(deps, reference, case_id)
+            await _release_quietly(deps, case.reference, case.case_id)
         raise
 
-    token_value = domain.status_token(reference, deps.pseudonym_key)
+    token_value = domain.status_token(case.reference, deps.pseudonym_key)
     accepted = Accepted(
-        case_id, reference, domain.status_url(deps.status_public_url, reference, token_value)
+        case.case_id,
+        case.reference,
+        domain.status_url(deps.status_public_url, case.reference, token_value),
     )
     if idempotency is not None:
         done = IdempotencyRecord(
-            "done", idempotency.body_hash, response=accepted.body(), case_id=case_id
+            "done", idempotency.body_hash, response=accepted.body(), case_id=case.case_id
         )
         await _settle_quietly(deps, idempotency, token, done)
     log.info(
         "question_accepted",
-        case_id=case_id,
+        case_id=case.case_id,
         channel=question.channel.value,
         initiative=question.initiative,
         consent=question.consent is not None,
         identified=question.requester is not None,
         attachments=len(attachments or []),
+        resumed=case.resumed,
     )
     return Submitted(accepted)
 
@@ -238,16 +274,22 @@ async def submit_question(
 async def _settle_quietly(
     deps: Deps, idem: Idempotency | None, token: str, record: IdempotencyRecord | None
 ) -> None:
-    """Settle the idempotency record; a Redis failure here only loses replay protection.
+    """Settle the idempotency lease; a Redis failure here costs no correctness.
 
-    (The pending marker then expires after 30 s; it never claims success.)
+    If it fails, the lease runs out and the intent stays: a retry then resumes the case
+    and republishes the same event (it never claims success without the Kafka ack).
     """
     if idem is None:
         return
     try:
-        await deps.store.settle_idempotency(idem.scope, idem.key, token, record)
+        settled = await deps.store.settle_idempotency(idem.scope, idem.key, token, record)
     except StoreUnavailable:
-        log.warning("idempotency_settle_failed", state=record.state if record else "deleted")
+        log.warning("idempotency_settle_failed", state=record.state if record else "released")
+        return
+    if not settled:
+        # our lease ran out and a retry resumed the case: it publishes the same event and
+        # answers the same body, so nothing is lost or doubled
+        log.warning("idempotency_lease_lost", state=record.state if record else "released")
 
 
 async def _release_quietly(deps: Deps, reference: str, case_id: str) -> None:

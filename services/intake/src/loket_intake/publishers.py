@@ -3,13 +3,24 @@
 intake consumes nothing; it publishes ``QuestionReceived`` on ``loket.questions.v1`` and
 ``ConsentWithdrawn`` on ``loket.consent.v1``. Component tests assert on
 ``Publishers.questions`` / ``Publishers.consent`` (FastStream's ``TestKafkaBroker`` mocks).
+
+:class:`ProducerSupervisor` replaces the broker's aiokafka producer when it can no longer
+deliver (see :func:`needs_new_producer`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from dataclasses import dataclass
 from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError, KafkaTimeoutError
+from faststream.kafka import KafkaBroker
+from faststream.kafka.publisher.producer import AioKafkaFastProducerImpl
+from faststream.kafka.publisher.state import RealProducer
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from loket_runtime.logging import get_logger
 from loket_runtime.service import ServiceRuntime
@@ -23,6 +34,173 @@ class PublishTimeout(TimeoutError):
     """No acknowledgement within the timeout; the record may still be delivered later."""
 
 
+class ProducerUnavailable(RuntimeError):
+    """The Kafka producer is being replaced: nothing was sent, retry shortly."""
+
+
+def needs_new_producer(exc: BaseException) -> bool:
+    """True when a publish error means the producer cannot be trusted to deliver again.
+
+    aiokafka's idempotent producer gives every batch a sequence number when it drains it.
+    A batch that then fails for good (expired while its partition had no leader after a
+    broker restart, rejected by the broker, ...) leaves a gap: every later batch on that
+    partition gets ``OutOfOrderSequenceNumber``, forever, and aiokafka (unlike the Java
+    client) never resets the sequence or bumps the epoch. ``UnknownProducerId``,
+    ``ProducerFenced``/``InvalidProducerEpoch`` and ``ProducerClosed`` are as final. So
+    any Kafka error that reaches a publish, except a timeout (the record is still queued
+    and may land), means: replace the producer. (Retriable errors never get here: the
+    idempotent producer retries them itself.)
+    """
+    if isinstance(exc, KafkaTimeoutError | TimeoutError):
+        return False
+    return isinstance(exc, KafkaError)
+
+
+class ProducerSupervisor:
+    """Replaces the aiokafka producer inside a FastStream broker after a fatal error.
+
+    FastStream has no API to renew a broker's producer (``broker.stop()`` + ``start()``
+    flushes without bound while Kafka is away), so this swaps the producer held by the
+    broker's ``AioKafkaFastProducerImpl`` (one private attribute, pinned by a unit test):
+    a new ``AIOKafkaProducer`` with the broker's own connection settings is started
+    first, then installed; the old one is stopped in the background (its queued records
+    land or fail; a bounded wait). Every named publisher uses the new producer at once.
+
+    While a replacement runs, :attr:`ready` is False: ``/readyz`` answers 503 and
+    :class:`FastStreamPublisher` refuses to publish (:class:`ProducerUnavailable`, so
+    the request answers 503 + Retry-After having sent nothing). One replacement at a time;
+    errors of records sent by an older producer are ignored (``generation``).
+    """
+
+    def __init__(
+        self,
+        broker: KafkaBroker,
+        *,
+        start_timeout_s: float = 10.0,
+        stop_timeout_s: float = 30.0,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.broker = broker
+        self.start_timeout_s = start_timeout_s
+        self.stop_timeout_s = stop_timeout_s
+        self.generation = 0
+        self.replacements = 0
+        self._replacing: asyncio.Task[None] | None = None
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self._counter: Counter | None = None
+        self._ready_gauge: Gauge | None = None
+        if registry is not None:
+            self._counter = Counter(
+                "loket_intake_kafka_producer_replacements",
+                "Kafka producers replaced after a fatal error (e.g. OutOfOrderSequenceNumber).",
+                registry=registry,
+            )
+            self._ready_gauge = Gauge(
+                "loket_intake_kafka_producer_ready",
+                "1 while the Kafka producer can publish, 0 while it is being replaced.",
+                registry=registry,
+            )
+            self._ready_gauge.set(1)
+
+    @property
+    def ready(self) -> bool:
+        return self._replacing is None or self._replacing.done()
+
+    async def readiness(self) -> bool:
+        """Readiness probe (``/readyz`` check ``kafka_producer``)."""
+        return self.ready
+
+    def watch(self, task: asyncio.Future[Any]) -> None:
+        """Inspect the outcome of a publish made with the current producer."""
+        generation = self.generation
+
+        def done(t: asyncio.Future[Any]) -> None:
+            if not t.cancelled() and t.exception() is not None:
+                self.report(t.exception(), generation)  # type: ignore[arg-type]
+
+        task.add_done_callback(done)
+
+    def report(self, exc: BaseException, generation: int) -> None:
+        """A publish made with producer ``generation`` failed with ``exc``."""
+        if self._closed or generation != self.generation or not self.ready:
+            return
+        if not needs_new_producer(exc):
+            return
+        if not isinstance(self._fast_producer(), AioKafkaFastProducerImpl):
+            return  # FastStream's TestKafkaBroker: nothing to replace
+        log.warning("kafka_producer_broken", error=type(exc).__name__, generation=generation)
+        self.generation += 1
+        if self._ready_gauge is not None:
+            self._ready_gauge.set(0)
+        # a fresh context: the replacement is no part of the request that noticed the error
+        self._replacing = asyncio.get_running_loop().create_task(
+            self._replace(), context=contextvars.Context()
+        )
+
+    def _fast_producer(self) -> Any:
+        return self.broker.config.producer
+
+    async def _replace(self) -> None:
+        delay = 0.2
+        attempt = 0
+        while not self._closed:
+            attempt += 1
+            new = AIOKafkaProducer(**self.broker._connection_kwargs)
+            try:
+                await asyncio.wait_for(new.start(), self.start_timeout_s)
+            except asyncio.CancelledError:
+                await self._stop(new, 5.0)
+                raise
+            except Exception as exc:
+                log.warning(
+                    "kafka_producer_start_failed", attempt=attempt, error=type(exc).__name__
+                )
+                await self._stop(new, 5.0)
+                await asyncio.sleep(delay)  # back-off before the next attempt
+                delay = min(delay * 2, 5.0)
+                continue
+            if self._closed:
+                await self._stop(new, 5.0)
+                return
+            fast = self._fast_producer()
+            state = getattr(fast, "_producer", None)
+            old = state.producer if isinstance(state, RealProducer) else None
+            fast._producer = RealProducer(new)
+            self.replacements += 1
+            if self._counter is not None:
+                self._counter.inc()
+            if self._ready_gauge is not None:
+                self._ready_gauge.set(1)
+            log.warning("kafka_producer_replaced", generation=self.generation, attempts=attempt)
+            if old is not None:
+                retire = asyncio.get_running_loop().create_task(
+                    self._stop(old, self.stop_timeout_s), context=contextvars.Context()
+                )
+                self._retiring.add(retire)
+                retire.add_done_callback(self._retiring.discard)
+            return
+
+    @staticmethod
+    async def _stop(producer: AIOKafkaProducer, within: float) -> None:
+        """Stop a producer (flushing what it still holds), bounded by ``within`` seconds."""
+        try:
+            await asyncio.wait_for(producer.stop(), within)
+        except TimeoutError:
+            log.error("kafka_producer_stop_timeout", timeout_s=within)
+        except Exception as exc:
+            log.warning("kafka_producer_stop_failed", error=type(exc).__name__)
+
+    async def close(self) -> None:
+        """Stop replacing (shutdown); wait for old producers to finish stopping."""
+        self._closed = True
+        if self._replacing is not None and not self._replacing.done():
+            self._replacing.cancel()
+            await asyncio.gather(self._replacing, return_exceptions=True)
+        if self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)
+
+
 class FastStreamPublisher:
     """:class:`~loket_intake.handlers.EventPublisher` over a FastStream publisher.
 
@@ -34,21 +212,32 @@ class FastStreamPublisher:
     flight*, not failed. It is kept here (keyed by ``ce_id``, which intake derives from
     the case id): a retry of the same event awaits that delivery instead of producing a
     second copy, and returns at once if the late delivery already succeeded.
+
+    With a ``supervisor``: refuses to publish while the producer is being replaced
+    (:class:`ProducerUnavailable`) and reports every publish outcome to it.
     """
 
     MAX_TRACKED = 10_000
 
-    def __init__(self, publisher: Any, timeout: float) -> None:
+    def __init__(
+        self, publisher: Any, timeout: float, supervisor: ProducerSupervisor | None = None
+    ) -> None:
         self.publisher = publisher
         self.timeout = timeout
+        self.supervisor = supervisor
         self.inflight: dict[str, asyncio.Task[Any]] = {}
 
     def _send(self, record: KafkaRecord) -> asyncio.Task[Any]:
-        return asyncio.ensure_future(
+        task: asyncio.Task[Any] = asyncio.ensure_future(
             self.publisher.publish(record.value, key=record.key, headers=record.headers_dict())
         )
+        if self.supervisor is not None:
+            self.supervisor.watch(task)
+        return task
 
     async def publish(self, record: KafkaRecord) -> None:
+        if self.supervisor is not None and not self.supervisor.ready:
+            raise ProducerUnavailable("the Kafka producer is being replaced; nothing was sent")
         event_id = dict(record.headers).get("ce_id", b"").decode()
         task = self.inflight.get(event_id) if event_id else None
         if task is not None and task.done() and (task.cancelled() or task.exception()):

@@ -9,7 +9,7 @@ or when ``LOKET_DEV_API_KEYS=true``; ``LOKET_DEV_API_KEYS=false`` turns them off
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from loket_runtime.settings import BaseServiceSettings
 
@@ -42,6 +42,20 @@ class IntakeSettings(BaseServiceSettings):
     retry_after_s: int = 5
     #: How long a request with an Idempotency-Key in flight elsewhere waits before 409.
     idempotency_wait_s: float = 2.0
+    #: Lease of a request on its Idempotency-Key: after a crash, a retry with the key
+    #: resumes the case once the lease ran out. Must exceed ``publish_timeout_s``.
+    idempotency_lease_s: float = 15.0
+    #: Upper bound for starting a replacement Kafka producer (one attempt).
+    producer_start_timeout_s: float = 10.0
+
+    @model_validator(mode="after")
+    def _lease_outlives_publish(self) -> IntakeSettings:
+        if self.idempotency_lease_s <= self.publish_timeout_s:
+            raise ValueError(
+                "idempotency_lease_s must be longer than publish_timeout_s "
+                f"({self.idempotency_lease_s} <= {self.publish_timeout_s})"
+            )
+        return self
 
     @property
     def dev_keys_enabled(self) -> bool:

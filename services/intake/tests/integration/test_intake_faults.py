@@ -28,6 +28,7 @@ async def test_kafka_down_gives_503_and_a_retry_loses_nothing(
         retry_after_s=7,
     )
     idem_key = f"{redis_prefix}idem:{INITIATIVE}:down-1"
+    intent_key = f"{redis_prefix}intent:{INITIATIVE}:down-1"
     headers = {**KEY, "Idempotency-Key": "down-1"}
     async with running_app(settings) as (_app, client):
         warm = await client.post("/api/v1/questions", json=question(text="warm"), headers=KEY)
@@ -38,10 +39,10 @@ async def test_kafka_down_gives_503_and_a_retry_loses_nothing(
         assert down.status_code == 503, down.text
         assert down.headers["Retry-After"] == "7"
         assert down.json()["error"]["code"] == "kafka_unavailable"
-        # no idempotency record claims success: it is "failed" and keeps the case id
-        record = json.loads(await redis_client.get(idem_key))
-        assert record["state"] == "failed" and record["response"] is None
-        failed_case = record["case_id"]
+        # nothing claims success: the lease is released at once, the intent keeps the case
+        assert await redis_client.get(idem_key) is None
+        intent = json.loads(await redis_client.get(intent_key))
+        failed_case = intent["case_id"]
 
         plain = await client.post("/api/v1/questions", json=question(text="zonder sleutel"),
                                   headers=KEY)  # fmt: skip
@@ -56,6 +57,7 @@ async def test_kafka_down_gives_503_and_a_retry_loses_nothing(
         again = await client.post("/api/v1/questions", json=question(), headers=headers)
         assert again.json() == retry.json()
     assert json.loads(await redis_client.get(idem_key))["state"] == "done"
+    assert await redis_client.get(intent_key) is None
     records = await records_before_markers(local_kafka.bootstrap, topics.QUESTIONS, wait_s=60)
     keys = [r.key.decode() for r in records]
     # the retry awaited the queued record instead of producing a second copy: every case
