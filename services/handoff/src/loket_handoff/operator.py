@@ -191,14 +191,15 @@ async def gather_overview(store: HandoffStore, *, time_scale: float = 1.0) -> Ov
     pipe.zcard(store.k("risk"))
     pipe.zcard(store.k("breached"))
     risk_total, breached_total = await pipe.execute()
-    open_by_agency, open_by_initiative, at_risk, breached, stats = await asyncio.gather(
+    open_by_agency, open_by_initiative, at_risk, breached, stats, latency_by = await asyncio.gather(
         store.open_counts_by_agency(),
         store.open_counts_by_initiative([i.id for i in initiatives.initiatives]),
         store.at_risk(limit=SCAN_LIMIT),
         store.breached(limit=SCAN_LIMIT),
         store.stats(),
+        store.accept_latencies_by_agency(),  # every agency in one round trip
     )
-    latencies = await asyncio.gather(*(store.accept_latencies(code) for code in codes))
+    latencies = [latency_by.get(code, []) for code in codes]
     escalations = await store.escalations(limit=LIST_LIMIT)
     risk_by: dict[str, int] = {}
     for h in at_risk:
@@ -206,7 +207,6 @@ async def gather_overview(store: HandoffStore, *, time_scale: float = 1.0) -> Ov
     breached_by: dict[str, int] = {}
     for h in breached:
         breached_by[h.agency.value] = breached_by.get(h.agency.value, 0) + 1
-    latency_by = dict(zip(codes, latencies, strict=True))
     rows = []
     for agency in agencies.agencies:
         code = agency.code.value
@@ -225,7 +225,7 @@ async def gather_overview(store: HandoffStore, *, time_scale: float = 1.0) -> Ov
                 resolved=stats.get(f"resolved:{code}", 0),
                 escalated_from=stats.get(f"escalated_from:{code}", 0),
                 decline_rate=_rate(declined, accepted),
-                median_accept_s=_median(latency_by[code]),
+                median_accept_s=_median(latency_by.get(code, [])),
             )
         )
     all_latencies = [v for values in latencies for v in values]

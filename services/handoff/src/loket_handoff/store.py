@@ -888,10 +888,22 @@ return out
         raw = await self.redis.lrange(self.k("lat"), 0, -1)
         want = AgencyCode(agency).value if agency else None
         out: list[float] = []
-        for item in raw:
-            code, _, seconds = _s(item).partition(":")
+        for code, seconds in _latencies(raw):
             if want is None or code == want:
-                out.append(float(seconds))
+                out.append(seconds)
+        return out
+
+    async def accept_latencies_by_agency(self) -> dict[str, list[float]]:
+        """Recent accept latencies in seconds for every agency, in ONE round trip.
+
+        agency code -> the list :meth:`accept_latencies` returns for that agency (same
+        values, same order); agencies without accepts are absent. One ``LRANGE`` of the
+        latency list instead of one per agency (the operator page needs all of them).
+        """
+        raw = await self.redis.lrange(self.k("lat"), 0, -1)
+        out: dict[str, list[float]] = {}
+        for code, seconds in _latencies(raw):
+            out.setdefault(code, []).append(seconds)
         return out
 
     async def median_time_to_accept(self, agency: AgencyCode | str | None = None) -> float | None:
@@ -956,6 +968,13 @@ def _pairs(raw: Any) -> dict[Any, Any]:
     if isinstance(raw, dict):
         return raw
     return dict(zip(raw[::2], raw[1::2], strict=True))
+
+
+def _latencies(raw: Iterable[Any]) -> Iterable[tuple[str, float]]:
+    """Entries of the ``lat`` list (``agency:seconds``) as (agency code, seconds)."""
+    for item in raw:
+        code, _, seconds = _s(item).partition(":")
+        yield code, float(seconds)
 
 
 def _risk_band(h: Handoff) -> tuple[str, float] | None:

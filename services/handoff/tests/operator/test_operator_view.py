@@ -128,6 +128,27 @@ async def test_overview_figures_match_the_store(world: World) -> None:
     assert opened["gemeente-den-haag-servicepunt"] == 1
     assert opened["buurtteam-utrecht-overvecht"] == 1
     assert opened["online-loket-chat"] == 0 and opened["duo-servicekantoor-groningen"] == 0
+
+
+async def test_accept_latencies_of_every_agency_in_one_round_trip(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = world.store
+    by_agency = await store.accept_latencies_by_agency()
+    assert by_agency == {"uwv": [10.0], "duo": [4.0]}
+    for code in AgencyCode:  # the same lists, in the same order, as one read per agency
+        assert by_agency.get(code.value, []) == await store.accept_latencies(code)
+    reads: list[str] = []
+    lrange = store.redis.lrange
+
+    async def counting(key: Any, *args: Any) -> Any:
+        reads.append(key if isinstance(key, str) else key.decode())
+        return await lrange(key, *args)
+
+    monkeypatch.setattr(store.redis, "lrange", counting)
+    o = await gather_overview(store, time_scale=3600)
+    assert reads.count(store.k("lat")) == 1, reads  # was one LRANGE per agency (17)
+    assert o.median_accept_s == 7
     assert o.sla_breaches.get("accept") == 2 and o.sla_warnings.get("accept", 0) >= 1
 
 
