@@ -26,6 +26,7 @@ from prometheus_client import (
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
+from pydantic import BaseModel, Field
 
 if TYPE_CHECKING:
     from faststream.kafka import KafkaBroker
@@ -86,6 +87,26 @@ async def _run_check(check: Check, timeout: float) -> str:
     return "ok" if ok is None or ok else "failed"
 
 
+class Readiness(BaseModel):
+    """Body of ``/readyz`` (200 and 503)."""
+
+    status: str = Field(description="ok or unavailable.")
+    checks: dict[str, str] = Field(description="Per dependency: ok, failed or error: ...")
+    failed: list[str] | None = Field(default=None, description="The failed dependencies.")
+
+
+_READINESS_DOC: dict[int | str, dict[str, Any]] = {
+    200: {"model": Readiness, "description": "Every dependency answered."},
+    503: {"model": Readiness, "description": "A dependency did not answer in time."},
+}
+_METRICS_DOC: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Prometheus text exposition format.",
+        "content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}},
+    }
+}
+
+
 def health_router(
     checks: Mapping[str, Check],
     *,
@@ -104,7 +125,7 @@ def health_router(
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @router.get("/readyz")
+    @router.get("/readyz", responses=_READINESS_DOC)
     async def readyz() -> JSONResponse:
         names = list(checks)
         results = await asyncio.gather(*(_run_check(checks[n], timeout + 0.5) for n in names))
@@ -116,7 +137,7 @@ def health_router(
             body["failed"] = failed
         return JSONResponse(body, status_code=200 if ready else 503)
 
-    @router.get("/metrics")
+    @router.get("/metrics", response_class=Response, responses=_METRICS_DOC)
     async def metrics() -> Response:
         return Response(generate_latest(reg), media_type=CONTENT_TYPE_LATEST)
 

@@ -12,9 +12,10 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request, Security
 from fastapi.responses import HTMLResponse, JSONResponse
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from fastapi.security import APIKeyHeader
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from loket_handoff.domain import (
     ESCALATION_POINT,
@@ -50,6 +51,20 @@ class Problem(BaseModel):
     detail: str
 
 
+class FieldProblem(BaseModel):
+    """One invalid input (FastAPI's request validation)."""
+
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class InvalidInput(BaseModel):
+    """422: a refused command (``detail`` is one sentence) or invalid input (a list)."""
+
+    detail: str | list[FieldProblem]
+
+
 class HTTPProblem(Exception):
     def __init__(self, status: int, detail: str) -> None:
         self.status = status
@@ -58,6 +73,7 @@ class HTTPProblem(Exception):
 
 def problem_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     text = {
+        400: "The body could not be read (e.g. not UTF-8 JSON).",
         401: "Missing or unknown X-API-Key.",
         403: "The handoff is addressed to another agency (or the key may not do this).",
         404: "Unknown handoff, case or reference.",
@@ -65,7 +81,14 @@ def problem_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         422: "Invalid input (e.g. decline without reason or suggested agency).",
         503: "Temporarily unavailable (projection rebuilding, Kafka or Redis down); retry.",
     }
-    return {c: {"model": Problem, "description": text[c]} for c in codes}
+    out: dict[int | str, dict[str, Any]] = {}
+    for c in codes:
+        out[c] = {"model": InvalidInput if c == 422 else Problem, "description": text[c]}
+        if c == 503:
+            out[c]["headers"] = {
+                "Retry-After": {"description": "Seconds to wait.", "schema": {"type": "string"}}
+            }
+    return out
 
 
 # --------------------------------------------------------------------------- bodies
@@ -78,6 +101,14 @@ class StrictBody(BaseModel):
 class AcceptBody(StrictBody):
     contact: ContactPerson = Field(description="The named person who takes the case.")
     expected_by: AwareDatetime | None = Field(default=None, description="Expected resolution.")
+
+    @field_validator("expected_by", mode="before")
+    @classmethod
+    def _rfc3339_only(cls, value: Any) -> Any:
+        # pydantic would read a number as a Unix time; the API documents an RFC 3339 string
+        if isinstance(value, int | float):
+            raise ValueError("expected_by must be an RFC 3339 date-time string")
+        return value
 
 
 class DeclineBody(StrictBody):
@@ -202,9 +233,18 @@ def _store(request: Request) -> HandoffStore:
     return _service(request).store
 
 
+API_KEY = APIKeyHeader(
+    name="X-API-Key",
+    scheme_name="ApiKey",
+    description="Agency key (sha256 in LOKET_HANDOFF_API_KEYS), operator or desk key; "
+    "development keys dev-<agency>, dev-operator, dev-desk (see README).",
+    auto_error=False,
+)
+
+
 def principal(
     request: Request,
-    x_api_key: Annotated[str | None, Header(description="API key (see README).")] = None,
+    x_api_key: Annotated[str | None, Security(API_KEY)] = None,
 ) -> str:
     """The agency code, ``operator`` or ``desk`` that the API key belongs to."""
     if not x_api_key:
@@ -218,6 +258,10 @@ def principal(
 
 Principal = Annotated[str, Depends(principal)]
 HandoffId = Annotated[str, Path(pattern=ID_PATTERN, description="The handoff id.")]
+
+STATUS_PAGE_404: dict[int | str, dict[str, Any]] = {
+    404: {"content": {"text/html": {}}, "description": "Unknown reference or bad token."}
+}
 
 STATUS_FOR = {
     RejectionKind.NOT_FOUND: 404,
@@ -261,7 +305,7 @@ def build_router() -> APIRouter:
             handoff=HandoffView.of(current),
         )
 
-    common = problem_responses(401, 403, 404, 409, 422, 503)
+    common = problem_responses(400, 401, 403, 404, 409, 422, 503)
 
     @router.post(
         "/api/v1/handoffs/{handoff_id}/accept",
@@ -475,7 +519,7 @@ def build_router() -> APIRouter:
     @router.get(
         "/status/{reference}",
         response_class=HTMLResponse,
-        responses={404: {"content": {"text/html": {}}, "description": "Unknown or bad token."}},
+        responses=problem_responses(503) | STATUS_PAGE_404,
         tags=["status"],
         summary="Public status page (HTML, Dutch)",
     )

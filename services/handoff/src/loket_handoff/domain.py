@@ -299,6 +299,11 @@ def decide_command(
             return _illegal(handoff, "accept")
         if not command.contact.name.strip():
             return Rejected(RejectionKind.INVALID, "a named contact person is required")
+        if command.expected_by is not None and command.expected_by < handoff.offered_at:
+            # also keeps absurd dates (year 3) out of the projection's time stamps
+            return Rejected(
+                RejectionKind.INVALID, "expected_by must not be before the handoff was offered"
+            )
         norm = catalog.get(handoff.agency).sla[handoff.urgency]
         return Accepted(
             (

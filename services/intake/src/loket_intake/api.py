@@ -10,15 +10,16 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, FastAPI, Path, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from loket_intake import domain, handlers
+from loket_intake import openapi_docs as docs
 from loket_intake.domain import FieldError
 from loket_intake.email_intake import INITIATIVE_HEADER, EmailParseError, parse_email
 from loket_intake.errors import (
@@ -33,13 +34,14 @@ from loket_intake.errors import (
 )
 from loket_intake.settings import IntakeSettings
 from loket_runtime.logging import bind_trace, clear_context, get_logger
-from loket_schemas.catalog import load_agencies, load_initiatives
+from loket_schemas.catalog import Agency, Initiative, load_agencies, load_initiatives
 from loket_schemas.tracing import TraceContext, new_trace, parse_traceparent
 
 log = get_logger("loket.intake.api")
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
+CASE_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -168,12 +170,23 @@ def install_error_handlers(app: FastAPI, settings: IntakeSettings) -> None:
 
 def build_router(settings: IntakeSettings, keys: ApiKeys) -> APIRouter:
     router = APIRouter(prefix="/api/v1", tags=["intake"])
+    # The key is checked in the handlers (after content type and size); this documents it.
+    api_key = [Security(docs.API_KEY_HEADER)]
 
     def deps(request: Request) -> handlers.Deps:
         deps_: handlers.Deps = request.app.state.deps
         return deps_
 
-    @router.post("/questions", status_code=202, summary="Submit a question (any channel)")
+    @router.post(
+        "/questions",
+        status_code=202,
+        summary="Submit a question (any channel)",
+        response_class=JSONResponse,
+        dependencies=api_key,
+        responses=docs.accepted_response("Accepted: the question is on Kafka.")
+        | docs.error_responses(400, 401, 403, 409, 413, 415, 422, 503),
+        openapi_extra=docs.question_request_body(),
+    )
     async def post_question(request: Request) -> JSONResponse:
         trace = start_trace(request)
         if media_type(request) != "application/json":
@@ -200,7 +213,16 @@ def build_router(settings: IntakeSettings, keys: ApiKeys) -> APIRouter:
         )
         return accepted_response(result.accepted.body(), result.replayed)
 
-    @router.post("/inbound/email", status_code=202, summary="Submit a raw e-mail (message/rfc822)")
+    @router.post(
+        "/inbound/email",
+        status_code=202,
+        summary="Submit a raw e-mail (message/rfc822)",
+        response_class=JSONResponse,
+        dependencies=api_key,
+        responses=docs.accepted_response("Accepted: the question is on Kafka.")
+        | docs.error_responses(400, 401, 403, 409, 413, 415, 422, 503),
+        openapi_extra=docs.email_request_body(),
+    )
     async def post_email(request: Request) -> JSONResponse:
         trace = start_trace(request)
         if media_type(request) != "message/rfc822":
@@ -242,11 +264,19 @@ def build_router(settings: IntakeSettings, keys: ApiKeys) -> APIRouter:
         )
         return accepted_response(result.accepted.body(), result.replayed)
 
-    @router.get("/initiatives", summary="The practice initiatives (catalog)")
+    @router.get(
+        "/initiatives",
+        summary="The practice initiatives (catalog)",
+        responses={200: {"model": list[Initiative], "description": "Every initiative."}},
+    )
     async def get_initiatives() -> list[dict[str, Any]]:
         return [i.model_dump(mode="json") for i in load_initiatives().initiatives]
 
-    @router.get("/agencies", summary="The agencies (catalog)")
+    @router.get(
+        "/agencies",
+        summary="The agencies (catalog)",
+        responses={200: {"model": list[Agency], "description": "Every agency."}},
+    )
     async def get_agencies() -> list[dict[str, Any]]:
         return [a.model_dump(mode="json") for a in load_agencies().agencies]
 
@@ -254,11 +284,18 @@ def build_router(settings: IntakeSettings, keys: ApiKeys) -> APIRouter:
         "/cases/{case_id}/consent/withdraw",
         status_code=202,
         summary="Withdraw the consent of a case",
+        response_class=JSONResponse,
+        dependencies=api_key,
+        responses=docs.withdrawn_response() | docs.error_responses(401, 403, 404, 409, 422, 503),
+        openapi_extra=docs.withdraw_extra(),
     )
-    async def post_withdraw(case_id: str, request: Request) -> JSONResponse:
+    async def post_withdraw(
+        case_id: Annotated[str, Path(description="The case id.", pattern=CASE_ID_PATTERN)],
+        request: Request,
+    ) -> JSONResponse:
         trace = start_trace(request)
         initiative = keys.initiative_for(request.headers.get("x-api-key"))
-        if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", case_id):
+        if not re.fullmatch(CASE_ID_PATTERN, case_id):
             raise Unprocessable(
                 "invalid case id", fields=[FieldError("case_id", "invalid_format", "not a case id")]
             )

@@ -24,6 +24,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    StrictBool,
     StringConstraints,
     Tag,
     ValidationError,
@@ -197,7 +198,16 @@ class ConsentIn(BaseModel):
     recipients: list[AgencyCode] = Field(default_factory=list)
     purpose: str = Field(default="case_handling", min_length=1, max_length=100)
     expires_at: AwareDatetime | None = None
-    explicit: bool = False
+    # strict: JSON true/false only (0, 1, "yes" are refused, not guessed)
+    explicit: StrictBool = False
+
+    @field_validator("expires_at", mode="before")
+    @classmethod
+    def _rfc3339_only(cls, value: Any) -> Any:
+        # pydantic would read a number as a Unix time; the API documents an RFC 3339 string
+        if isinstance(value, int | float):
+            raise ValueError("invalid_datetime: expires_at must be an RFC 3339 date-time")
+        return value
 
     @model_validator(mode="after")
     def _explicit_for_special(self) -> ConsentIn:
@@ -224,8 +234,8 @@ class QuestionIn(BaseModel):
     language: str = Field(default="nl", min_length=2, max_length=8, pattern=r"^[A-Za-z-]+$")
     requester: RequesterIn | None = None
     consent: ConsentIn | None = None
-    vulnerable: bool = False
-    urgent: bool = False
+    vulnerable: StrictBool = False
+    urgent: StrictBool = False
 
     @field_validator("initiative")
     @classmethod
