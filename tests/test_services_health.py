@@ -55,7 +55,9 @@ async def test_health_and_ready_against_real_kafka_and_redis(
             assert (await client.get("/healthz")).status_code == 200
             ready = await client.get("/readyz")
             assert ready.status_code == 200, ready.text
-            assert ready.json()["checks"] == {"kafka": "ok", "redis": "ok"}
+            checks = ready.json()["checks"]
+            # kafka and redis everywhere; a service may add its own (intake: kafka_producer)
+            assert {"kafka", "redis"} <= set(checks) and set(checks.values()) == {"ok"}
             metrics = await client.get("/metrics")
             assert metrics.status_code == 200
             assert "process_cpu_seconds_total" in metrics.text

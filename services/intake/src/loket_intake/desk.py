@@ -305,8 +305,10 @@ class DeskPage:
             errors = [
                 PageError(
                     None,
-                    "De vraag kon nu niet worden opgeslagen; er is niets verstuurd. "
-                    "Probeer het over enkele seconden opnieuw.",
+                    # a timed-out publish may still land: "nothing was sent" would be
+                    # untrue; the kept form_id makes the resubmission resume the same case
+                    "De vraag is nog niet bevestigd. Verstuur het formulier over enkele "
+                    "seconden opnieuw, ongewijzigd: de vraag wordt niet dubbel opgeslagen.",
                 )
             ]
             return self.render(
