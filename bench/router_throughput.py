@@ -198,7 +198,7 @@ async def router(
         bootstrap=bootstrap,
         topic=prefix + topics.QUESTIONS,
         group_id=f"{prefix}loket-router",
-        transactional_id=f"{prefix}loket-router-bench",
+        transactional_id_prefix=f"{prefix}loket-router-bench",
         store=store,
         metrics=RouterMetrics(new_registry()),
         log=get_logger("bench"),

@@ -513,9 +513,13 @@ def of_case(case_id: str, cls: type[Any] | tuple[type[Any], ...], **fields: Any)
     return match
 
 
-async def end_offsets(bootstrap: str, topics: list[str]) -> dict[Any, int]:
+async def end_offsets(
+    bootstrap: str, topics: list[str], isolation: str = "read_committed"
+) -> dict[Any, int]:
+    """End offset per partition: the last stable offset (``read_committed``, the default)
+    or the high watermark (``read_uncommitted``)."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=None, isolation_level="read_committed"
+        bootstrap_servers=bootstrap, group_id=None, isolation_level=isolation
     )
     await consumer.start()
     try:
@@ -538,16 +542,26 @@ async def end_offsets(bootstrap: str, topics: list[str]) -> dict[Any, int]:
 
 async def settle(bootstrap: str, prefix: str = "", quiet_s: float = 3.0, within: float = 120.0
                  ) -> None:  # fmt: skip
-    """Wait until no topic grows for ``quiet_s`` seconds (all services idle)."""
+    """Wait until no topic grows for ``quiet_s`` seconds and no transaction is open (all
+    services idle).
+
+    Quiet is judged on the high watermarks, and every partition's last stable offset must
+    have caught up with it: an open transaction (e.g. of a killed router nobody fenced
+    yet) freezes the last stable offset, which would look quiet while read_committed
+    readers, the snapshot included, still miss everything after it."""
     names = all_topic_names(prefix)
     deadline = time.monotonic() + within
-    last = await end_offsets(bootstrap, names)
+    last = await end_offsets(bootstrap, names, "read_uncommitted")
+    stable: dict[Any, int] = {}
     quiet_since = time.monotonic()
     while time.monotonic() < deadline:
         await asyncio.sleep(0.5)  # observing a system we do not control
-        now = await end_offsets(bootstrap, names)
+        now = await end_offsets(bootstrap, names, "read_uncommitted")
         if now != last:
             last, quiet_since = now, time.monotonic()
         elif time.monotonic() - quiet_since >= quiet_s:
-            return
-    raise TimeoutError(f"topics still growing after {within}s")
+            stable = await end_offsets(bootstrap, names, "read_committed")
+            if stable == now:
+                return
+    open_txn = {str(tp): last[tp] - stable.get(tp, 0) for tp in last if stable.get(tp) != last[tp]}
+    raise TimeoutError(f"topics still growing or transactions open after {within}s: {open_txn}")

@@ -1,26 +1,41 @@
-"""The consume-transform-produce loop: raw aiokafka, one Kafka transaction per batch.
+"""The consume-transform-produce loop: raw aiokafka, Kafka transactions per input partition.
 
 FastStream has no transactions, so each input topic of the router runs one
 :class:`TransactionalLoop` as a background task (started and stopped in the app lifespan):
 
 1. ``getmany(max_records=N)`` from a ``read_committed`` consumer without auto-commit;
    records of one partition come in offset order and are processed in that order.
-2. ``processor.process(records)``: decisions, output records, Redis state (one read round
-   trip); poison records become ``MessageDeadLettered`` outputs.
-3. Redis state written (idempotent) *before* the commit.
-4. One transaction: every output record, then ``send_offsets_to_transaction`` with
-   ``last offset + 1`` per input partition, then commit. Either all outputs and the input
-   offsets are committed, or none: a crash (kill -9) anywhere leaves an open transaction
-   that the restarted producer (same ``transactional_id``) aborts in ``init_transactions``,
-   and the new consumer resumes from the last committed offsets.
-5. After the commit: "done" markers in Redis, metrics.
+2. Per input partition of the batch (its records form one *unit*; the units of a batch
+   run one after the other): ``processor.process(records)`` (decisions, output records,
+   Redis state in one read round trip; poison records become ``MessageDeadLettered``
+   outputs), Redis state written (idempotent) *before* the commit, then one transaction
+   on that partition's producer: every output record, ``send_offsets_to_transaction``
+   with ``last offset + 1``, commit. Either all outputs and the input offset are
+   committed, or none.
+3. After the commit: "done" markers in Redis, metrics.
 
-Rebalances: the listener bumps a generation counter on revoke and waits for the
-in-flight batch (a lock); a batch whose generation changed aborts its transaction instead
-of committing, and its records are read again by whoever owns the partition next.
-Transient errors (Kafka, Redis) retry the batch with exponential backoff; after
-``retry_attempts`` the loop restarts (fresh consumer and producer, from the committed
-offsets). ``ProducerFenced`` (another producer took our transactional id) restarts too.
+**One transactional producer per assigned input partition**, ``transactional_id =
+<base>-<partition>`` (not one per router instance). aiokafka has no consumer-group-metadata
+fencing (KIP-447: it sends ``TxnOffsetCommit`` v0, without member id and generation), so
+fencing rests on the transactional id, and only an id that follows the *partition* fences
+whoever owned the partition before: when a partition is assigned, the loop starts its
+producer (``init_transactions``: bumps the epoch, so the previous owner's producer can no
+longer commit, and aborts the transaction it left open, e.g. a router killed mid-commit
+and never restarted), then re-reads the committed offset and seeks to it (so a commit the
+previous owner completed just before the fence is seen). With one id per instance, a dead
+instance's open transaction stayed open until the broker's transaction timeout and held
+back the last stable offset of every partition it had written to: read_committed readers
+(handoff, the agencies) saw nothing after it on those partitions for ~60-70 s.
+
+Rebalances: the listener bumps a generation counter on revoke and waits until no commit
+is in flight; a unit whose generation changed aborts its transaction instead of
+committing, and its records are read again by whoever owns the partition next. On
+assignment the partitions stay paused until their producers are fenced in and their
+positions set from the committed offsets read after the fence.
+Transient errors (Kafka, Redis) retry the unit with exponential backoff; after
+``retry_attempts`` the loop restarts (fresh consumer and producers, from the committed
+offsets). ``ProducerFenced`` (another owner took the partition's transactional id) and a
+failed assignment (a producer could not be fenced in) restart too.
 """
 
 from __future__ import annotations
@@ -51,7 +66,7 @@ class Processor(Protocol):
 
 
 class _Revoked(Exception):
-    """The batch's partitions were revoked: abort, do not commit."""
+    """The unit's partition was revoked: abort, do not commit."""
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -60,16 +75,16 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         self.loop.generation += 1
-        # wait until an in-flight batch committed or aborted before giving partitions up
-        async with self.loop.txn_lock:
-            pass
+        # wait until in-flight commits finished (committed or aborted) before giving
+        # the partitions up
+        await self.loop.idle.wait()
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
-        self.loop.assigned = set(assigned)
+        await self.loop.take_over(set(assigned))
 
 
 class TransactionalLoop:
-    """One input topic, one consumer group, one transactional producer."""
+    """One input topic, one consumer group, one transactional producer per input partition."""
 
     def __init__(
         self,
@@ -78,10 +93,11 @@ class TransactionalLoop:
         bootstrap: str,
         topic: str,
         group_id: str,
-        transactional_id: str,
+        transactional_id_prefix: str,
         store: RedisStore,
         metrics: RouterMetrics,
         log: Any,
+        client_id: str | None = None,
         max_records: int = 500,
         poll_timeout_ms: int = 200,
         retry_attempts: int = 5,
@@ -98,7 +114,8 @@ class TransactionalLoop:
         self.bootstrap = bootstrap
         self.topic = topic
         self.group_id = group_id
-        self.transactional_id = transactional_id
+        self.transactional_id_prefix = transactional_id_prefix
+        self.client_id = client_id or f"loket-router-{self.name}"
         self.store = store
         self.metrics = metrics
         self.log = log.bind(loop=self.name) if hasattr(log, "bind") else log
@@ -115,11 +132,23 @@ class TransactionalLoop:
         self.generation = 0
         self._partitions: dict[str, list[int]] = {}
         self.assigned: set[TopicPartition] = set()
-        self.txn_lock = asyncio.Lock()
+        #: input partition -> its transactional producer (fenced in on assignment)
+        self.producers: dict[TopicPartition, AIOKafkaProducer] = {}
+        self._consumer: AIOKafkaConsumer | None = None
+        self._assign_error: BaseException | None = None
+        #: set when no commit is in flight (a revoke waits for it)
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self._inflight = 0
         self.running = False
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._started = asyncio.Event()
+
+    def transactional_id(self, tp: TopicPartition) -> str:
+        """The transactional id of input partition ``tp`` (same for whichever instance
+        owns it, so the next owner fences the previous one)."""
+        return f"{self.transactional_id_prefix}-{tp.partition}"
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -167,22 +196,70 @@ class TransactionalLoop:
                 self.running = False
                 self.metrics.loop_up.labels(loop=self.name).set(0)
 
-    # ----------------------------------------------------------------- the loop
+    # ----------------------------------------------------------------- partitions
 
-    async def _run(self) -> None:
-        producer = AIOKafkaProducer(
+    def _new_producer(self, tp: TopicPartition) -> AIOKafkaProducer:
+        return AIOKafkaProducer(
             bootstrap_servers=self.bootstrap,
-            client_id=f"loket-router-{self.name}",
-            transactional_id=self.transactional_id,
+            client_id=f"{self.client_id}-p{tp.partition}",
+            transactional_id=self.transactional_id(tp),
             enable_idempotence=True,
             acks="all",
             linger_ms=self.linger_ms,
             max_batch_size=256 * 1024,
             transaction_timeout_ms=self.transaction_timeout_ms,
         )
+
+    async def take_over(self, assigned: set[TopicPartition]) -> None:
+        """Fence in the producers of newly assigned partitions, then seek every assigned
+        partition to its committed offset (called by the rebalance listener).
+
+        The partitions stay paused meanwhile, so no record is fetched from a position
+        read before the fence."""
+        consumer = self._consumer
+        if consumer is not None and assigned:
+            consumer.pause(*assigned)  # first, before any await
+        self.assigned = assigned
+        try:
+            for tp in [tp for tp in self.producers if tp not in assigned]:
+                await self._close_producer(tp)
+            new = [tp for tp in sorted(assigned) if tp not in self.producers]
+            for tp in new:
+                self.producers[tp] = self._new_producer(tp)
+            # init_transactions: fences the previous owner's producer (same id) and aborts
+            # the transaction it left open
+            await asyncio.gather(*(self.producers[tp].start() for tp in new))
+            if consumer is not None and assigned:
+                # read after the fence: the previous owner cannot commit any more, and a
+                # commit it completed before the fence is in this offset
+                for tp in sorted(assigned):
+                    committed = await consumer.committed(tp)
+                    if committed is None:
+                        committed = (await consumer.beginning_offsets([tp]))[tp]
+                    consumer.seek(tp, committed)
+                consumer.resume(*assigned)
+            if new:
+                self.log.info("partitions_taken_over", partitions=[tp.partition for tp in new])
+        except Exception as exc:
+            # the consumer only logs listener errors: make the loop restart instead (the
+            # partitions stay paused until then)
+            self._assign_error = exc
+            self.log.warning(
+                "take_over_failed", error_class=type(exc).__name__, error=str(exc)[:300]
+            )
+
+    async def _close_producer(self, tp: TopicPartition) -> None:
+        producer = self.producers.pop(tp, None)
+        if producer is not None:
+            with contextlib.suppress(Exception):
+                await producer.stop()
+
+    # ----------------------------------------------------------------- the loop
+
+    async def _run(self) -> None:
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap,
-            client_id=f"loket-router-{self.name}",
+            client_id=self.client_id,
             group_id=self.group_id,
             isolation_level="read_committed",
             enable_auto_commit=False,
@@ -193,10 +270,9 @@ class TransactionalLoop:
             heartbeat_interval_ms=self.heartbeat_interval_ms,
         )
         consumer.subscribe([self.topic], listener=_Listener(self))
+        self._consumer = consumer
+        self._assign_error = None
         try:
-            # init_transactions: fences an older producer with this id and aborts its
-            # open transaction (e.g. the one a killed router left behind)
-            await producer.start()
             await consumer.start()
             self.running = True
             self.metrics.loop_up.labels(loop=self.name).set(1)
@@ -206,26 +282,42 @@ class TransactionalLoop:
                 batch = await consumer.getmany(
                     timeout_ms=self.poll_timeout_ms, max_records=self.max_records
                 )
+                if self._assign_error is not None:
+                    raise LoopFenced(f"partition take-over failed: {self._assign_error}")
                 if batch:
-                    await self._handle_batch(producer, batch)
+                    await self._handle_batch(batch)
         finally:
             with contextlib.suppress(Exception):
                 await consumer.stop()
-            with contextlib.suppress(Exception):
-                await producer.stop()
+            self._consumer = None
+            for tp in list(self.producers):
+                await self._close_producer(tp)
 
     async def _handle_batch(
-        self,
-        producer: AIOKafkaProducer,
-        batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]],
+        self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
     ) -> None:
+        """One unit (transaction) per input partition, one after the other (running them
+        concurrently was measured slower on 2 cores: docs/benchmarks.md)."""
         generation = self.generation
-        records: list[ConsumerRecordLike] = [r for recs in batch.values() for r in recs]
-        offsets = {tp: recs[-1].offset + 1 for tp, recs in batch.items() if recs}
+        for tp, recs in batch.items():
+            if recs:
+                await self._handle_unit(tp, recs, generation)
+
+    async def _handle_unit(
+        self,
+        tp: TopicPartition,
+        recs: list[ConsumerRecord[bytes, bytes]],
+        generation: int,
+    ) -> None:
+        records: list[ConsumerRecordLike] = list(recs)
+        offsets = {tp: recs[-1].offset + 1}
         attempt = 0
         while True:
             if self._stopping or generation != self.generation:
                 return  # not committed: read again from the committed offsets
+            producer = self.producers.get(tp)
+            if producer is None:  # pragma: no cover - take_over failed: the loop restarts
+                raise LoopFenced(f"no producer for {tp}")
             try:
                 result = await self.processor.process(records)
                 await self.store.write(result.writes)
@@ -277,9 +369,12 @@ class TransactionalLoop:
         offsets: dict[TopicPartition, int],
         generation: int,
     ) -> None:
-        async with self.txn_lock:
-            if generation != self.generation:
-                raise _Revoked
+        if generation != self.generation:
+            raise _Revoked
+        # counted in flight from here (no await in between): a revoke now waits for us
+        self._inflight += 1
+        self.idle.clear()
+        try:
             async with producer.transaction():
                 futures = await self._send_all(producer, result)
                 if futures:
@@ -287,6 +382,10 @@ class TransactionalLoop:
                 if generation != self.generation:
                     raise _Revoked
                 await producer.send_offsets_to_transaction(offsets, self.group_id)
+        finally:
+            self._inflight -= 1
+            if self._inflight == 0:
+                self.idle.set()
 
     async def _send_all(
         self, producer: AIOKafkaProducer, result: BatchResult

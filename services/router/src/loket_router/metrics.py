@@ -52,7 +52,7 @@ class RouterMetrics:
         )
         self.transaction_seconds = Histogram(
             "loket_router_transaction_seconds",
-            "Time to publish a batch and commit its Kafka transaction.",
+            "Time to publish one transaction's outputs (one input partition) and commit it.",
             ["loop"],
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=registry,
@@ -66,7 +66,7 @@ class RouterMetrics:
         )
         self.retries = Counter(
             "loket_router_batch_retries_total",
-            "Batches retried after a transient error.",
+            "Transactions (one input partition's batch) retried after a transient error.",
             ["loop"],
             registry=registry,
         )

@@ -8,9 +8,10 @@ from loket_runtime.settings import BaseServiceSettings
 class RouterSettings(BaseServiceSettings):
     service_name: str = "router"
     port: int = 8001
-    #: Stable id of this router instance (e.g. the StatefulSet ordinal). Part of every
-    #: transactional id: a restarted instance fences and aborts its predecessor's
-    #: open transactions. Two live instances must never share it.
+    #: Name of this router instance (e.g. the StatefulSet ordinal), used in the Kafka
+    #: client ids (broker logs, metrics). Not part of the transactional ids: those follow
+    #: the input partition (see loket_router.loop), so any instance fences the previous
+    #: owner of a partition it is assigned.
     router_instance_id: str = "0"
     #: Input records per Kafka transaction (getmany max_records).
     batch_max_records: int = 500
@@ -35,5 +36,10 @@ class RouterSettings(BaseServiceSettings):
         """Consumer group: the fixed name, prefixed like topics (tests isolate groups too)."""
         return f"{self.topic_prefix}{group}"
 
-    def transactional_id(self, loop: str) -> str:
-        return f"{self.topic_prefix}loket-router-{loop}-{self.router_instance_id}"
+    def transactional_id_prefix(self, loop: str) -> str:
+        """Transactional ids of a loop: ``<this>-<input partition>``, the same in every
+        instance (fencing by partition, see loket_router.loop)."""
+        return f"{self.topic_prefix}loket-router-{loop}"
+
+    def client_id(self, loop: str) -> str:
+        return f"loket-router-{loop}-{self.router_instance_id}"
