@@ -11,7 +11,7 @@ help:
 	@echo "make down    stop everything 'make up' started"
 	@echo "make test    lint + the whole test suite against real Kafka and Redis"
 	@echo "make lint    ruff check, ruff format --check, mypy"
-	@echo "make schemas regenerate JSON Schemas from the pydantic models"
+	@echo "make schemas regenerate JSON Schemas and AsyncAPI documents from the models"
 	@echo "make demo    feed realistic traffic into a running stack"
 
 uv:
@@ -47,6 +47,7 @@ test: lint
 
 schemas: sync
 	$(UV) run python -m loket_schemas.generate
+	$(UV) run python -m loket_schemas.asyncapi
 
 demo: sync
 	$(UV) run python -m loket_handoff.demo
