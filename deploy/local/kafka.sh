@@ -10,6 +10,8 @@
 #   KAFKA_DIR=$LOKET_STATE_DIR/kafka-$KAFKA_PORT   data, config, logs and pid of this broker
 #   KAFKA_JAR_CACHE=<repo>/.cache/kafka-$KAFKA_VERSION   broker jars from Maven Central
 #   KAFKA_HEAP_OPTS="-Xmx1g"     JVM heap
+#   KAFKA_EXTRA_CONFIG=""        extra server.properties lines (newline-separated), e.g.
+#                                "num.network.threads=2" (benchmarks); later lines win
 #   KAFKA_START_TIMEOUT=60       seconds to wait until the broker is ready
 set -euo pipefail
 
@@ -81,6 +83,9 @@ group.initial.rebalance.delay.ms=0
 min.insync.replicas=1
 default.replication.factor=1
 CONF
+  if [[ -n "${KAFKA_EXTRA_CONFIG:-}" ]]; then
+    printf '%s\n' "$KAFKA_EXTRA_CONFIG" >>"$CONF"
+  fi
   cat >"$KAFKA_DIR/log4j2.properties" <<'L4J'
 status = warn
 appender.file.type = RollingFile
