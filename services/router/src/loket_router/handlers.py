@@ -386,6 +386,13 @@ class QuestionProcessor:
 # --------------------------------------------------------------------------- re-routing
 
 
+def reroute_action(event: HandoffDeclined | HandoffEscalated) -> str:
+    """The re-route action an event asks for: ``<cause>:<handoff_id>`` (its done-marker,
+    the ``ce_id`` seed of its outputs and the ``via`` of the role it writes)."""
+    cause = RouteCause.ESCALATION if isinstance(event, HandoffEscalated) else RouteCause.DECLINE
+    return f"{cause.value}:{event.handoff_id}"
+
+
 def reroute_case(
     ctx: RouterContext,
     out: BatchResult,
@@ -397,7 +404,12 @@ def reroute_case(
     """Route a declined/escalated handoff's case to its next agency. False: nothing to do."""
     event = env.data
     cid = event.case_id
-    rr = domain.reroute_target(event, handling=set(state.roles), roles=state.roles)
+    action = reroute_action(event)
+    # an agency this very action delivered to in an attempt that was aborted (roles are
+    # written before the commit) does not count as "already handling": a replay decides
+    # exactly as the first attempt did
+    handling = {a for a in state.roles if state.via.get(a) != action}
+    rr = domain.reroute_target(event, handling=handling, roles=state.roles)
     if rr is None:
         return False
     at = ctx.clock()
@@ -408,7 +420,7 @@ def reroute_case(
     )
     lead = rr.target if rr.role == AgencyRole.LEAD else (state.lead or rr.target)
     q = state.question
-    tag = f"{rr.cause.value}:{rr.replaces_handoff_id}"
+    tag = action  # == f"{rr.cause.value}:{rr.replaces_handoff_id}"
     if q is not None:
         manifest = domain.build_manifest(
             domain.question_categories(q), agency, q.consent, at, state.withdrawals
@@ -457,10 +469,12 @@ def reroute_case(
     )
     ctx.emit(out, topics.HANDOFFS, routed, trace, domain.event_id(cid, "routed", tag), at)
     out.writes.roles.append((cid, rr.target, rr.role))
+    out.writes.via.append((cid, rr.target, action))
     if rr.role == AgencyRole.LEAD:
         out.writes.leads[cid] = rr.target
         state.lead = rr.target
     state.roles[rr.target] = rr.role  # later events of this batch see it
+    state.via[rr.target] = action
     out.stats.deliveries[code] += 1
     out.stats.rerouted[rr.cause.value] += 1
     return True
@@ -480,8 +494,7 @@ class RerouteProcessor:
         """The done-marker of the *action* this event asks for: one per (case, cause,
         replaced handoff). A decline-reroute and an escalation-reroute of one handoff are
         different actions; a replay of the same event maps to the same marker."""
-        cause = RouteCause.ESCALATION if isinstance(event, HandoffEscalated) else RouteCause.DECLINE
-        return self.store.done_key("reroute", f"{event.case_id}:{cause.value}:{event.handoff_id}")
+        return self.store.done_key("reroute", f"{event.case_id}:{reroute_action(event)}")
 
     def legacy_marker(self, event: HandoffDeclined | HandoffEscalated) -> str:
         """The marker format before the cause was part of it (``<case>:<handoff_id>``),

@@ -3,7 +3,9 @@
 Per case (``cid``), every key with the case TTL:
 
 * ``case:{cid}`` hash: ``question`` (the QuestionReceived JSON, needed to re-route),
-  ``lead``, ``role|<agency>`` for every agency the case was delivered to, and one field
+  ``lead``, ``role|<agency>`` for every agency the case was delivered to,
+  ``via|<agency>`` = the re-route action that delivered it (``<cause>:<handoff_id>``),
+  and one field
   ``share|<agency>|<consent_id>|<category>`` per consent-based share (a set: writing the
   same share again is a no-op);
 * ``withdrawn:{cid}`` hash with one field ``consent_id|category`` (``*`` = the whole
@@ -85,6 +87,8 @@ class CaseState:
     question: QuestionReceived | None = None
     lead: AgencyCode | None = None
     roles: dict[AgencyCode, AgencyRole] = field(default_factory=dict)
+    #: agency -> the re-route action (``<cause>:<handoff_id>``) that delivered the case to it
+    via: dict[AgencyCode, str] = field(default_factory=dict)
     shares: list[ConsentShare] = field(default_factory=list)
     withdrawals: dict[str, Withdrawal] = field(default_factory=dict)
     done: bool = False
@@ -101,11 +105,20 @@ class Writes:
     questions: list[QuestionReceived] = field(default_factory=list)
     leads: dict[str, AgencyCode] = field(default_factory=dict)
     roles: list[tuple[str, AgencyCode, AgencyRole]] = field(default_factory=list)
+    #: (case, agency, re-route action) next to the role the action wrote
+    via: list[tuple[str, AgencyCode, str]] = field(default_factory=list)
     shares: list[tuple[str, ConsentShare]] = field(default_factory=list)
     withdrawals: list[tuple[str, Withdrawal]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.questions or self.leads or self.roles or self.shares or self.withdrawals)
+        return bool(
+            self.questions
+            or self.leads
+            or self.roles
+            or self.via
+            or self.shares
+            or self.withdrawals
+        )
 
 
 def _s(raw: bytes | str) -> str:
@@ -145,6 +158,8 @@ def parse_case(state: CaseState, raw: Any) -> None:
             state.lead = AgencyCode(_s(value))
         elif name.startswith("role|"):
             state.roles[AgencyCode(name[5:])] = AgencyRole(_s(value))
+        elif name.startswith("via|"):
+            state.via[AgencyCode(name[4:])] = _s(value)
         elif name.startswith("share|"):
             _, agency, consent_id, cat = name.split("|", 3)
             grouped.setdefault((AgencyCode(agency), consent_id), set()).add(DataCategory(cat))
@@ -232,6 +247,8 @@ class RedisStore:
             per_case.setdefault(cid, {})["lead"] = lead.value
         for cid, agency, role in writes.roles:
             per_case.setdefault(cid, {})[f"role|{agency.value}"] = role.value
+        for cid, agency, action in writes.via:
+            per_case.setdefault(cid, {})[f"via|{agency.value}"] = action
         for cid, share in writes.shares:
             fields = per_case.setdefault(cid, {})
             for cat in share.categories:

@@ -37,6 +37,7 @@ async def test_write_load_markers_and_withdrawals(redis_client: Any, redis_prefi
             ("a", AgencyCode.DUO, AgencyRole.LEAD),
             ("a", AgencyCode.CJIB, AgencyRole.SUPPORTING),
         ],
+        via=[("a", AgencyCode.CJIB, "decline:h-1")],
         shares=[
             (
                 "a",
@@ -65,6 +66,7 @@ async def test_write_load_markers_and_withdrawals(redis_client: Any, redis_prefi
     assert a.question == question("a") and b.question == question("b") and c.question is None
     assert a.lead == AgencyCode.DUO and b.lead is None
     assert a.roles == {AgencyCode.DUO: AgencyRole.LEAD, AgencyCode.CJIB: AgencyRole.SUPPORTING}
+    assert a.via == {AgencyCode.CJIB: "decline:h-1"} and b.via == {}
     assert a.shares == [
         domain.ConsentShare(
             AgencyCode.CJIB, "c-1", frozenset({DataCategory.CONTACT, DataCategory.QUESTION_TEXT})

@@ -51,6 +51,7 @@ class MemoryStore:
 
     markers: set[str] = field(default_factory=set)
     roles: dict[AgencyCode, AgencyRole] = field(default_factory=dict)
+    via: dict[AgencyCode, str] = field(default_factory=dict)
 
     def done_key(self, kind: str, ident: str) -> str:
         return f"done:{kind}:{ident}"
@@ -59,18 +60,26 @@ class MemoryStore:
         self, case_ids: Sequence[str], *, done_keys: Sequence[str] | None = None, full: bool = True
     ) -> dict[str, CaseState]:
         return {
-            cid: CaseState(cid, question=question(cid), lead=A.UWV, roles=dict(self.roles))
+            cid: CaseState(
+                cid, question=question(cid), lead=A.UWV, roles=dict(self.roles), via=dict(self.via)
+            )
             for cid in case_ids
         }
 
     async def done(self, markers: Sequence[str]) -> list[bool]:
         return [m in self.markers for m in markers]
 
-    def commit(self, result: BatchResult) -> None:
-        """What the loop does after the transaction committed."""
-        self.markers.update(result.markers)
+    def write(self, result: BatchResult) -> None:
+        """The state writes the loop does before the commit."""
         for _, agency, role in result.writes.roles:
             self.roles[agency] = role
+        for _, agency, action in result.writes.via:
+            self.via[agency] = action
+
+    def commit(self, result: BatchResult) -> None:
+        """The writes before and the markers after a committed transaction."""
+        self.write(result)
+        self.markers.update(result.markers)
 
 
 def never_classify(*_: Any, **__: Any) -> RoutingDecision:
@@ -216,3 +225,24 @@ async def test_other_handoff_events_are_ignored_and_never_marked() -> None:
     )
     result = await proc.process(recs(accepted, escalated()))
     assert len(routed(result)) == 1 and result.markers == [proc.marker(escalated())]
+
+
+async def test_replay_after_an_aborted_attempt_decides_the_same() -> None:
+    """Roles are written before the commit; an attempt whose transaction aborted (kill,
+    Kafka error) must not make its own target look "already handling" to the retry."""
+    proc, store = processor(MemoryStore(roles={A.UWV: AgencyRole.LEAD}))
+    decline = declined("h-1", count=1, agency=A.UWV, suggested_agency=A.SVB, declined_by=[A.UWV])
+    first = await proc.process(recs(decline))
+    store.write(first)  # state written, transaction aborted: no markers
+    retry = await proc.process(recs(decline))
+    assert [r["assignments"][0]["agency"] for r in routed(retry)] == ["svb"]
+
+    def ids(result: BatchResult) -> list[tuple[str, bytes]]:
+        return [(o.topic, dict(o.record.headers)["ce_id"]) for o in result.outgoing]
+
+    assert ids(retry) == ids(first)  # same records, same event ids
+    # a later decline suggesting the same agency still sees it handling the case
+    store.commit(retry)
+    other = declined("h-9", count=1, agency=A.UWV, suggested_agency=A.SVB, declined_by=[A.UWV])
+    later = await proc.process(recs(other))
+    assert [r["assignments"][0]["agency"] for r in routed(later)] == ["maatwerkloket"]
