@@ -13,7 +13,7 @@ import base64
 from types import SimpleNamespace
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from loket_schemas.events import (
@@ -154,6 +154,11 @@ def test_mutated_valid_records_decode_or_raise_decode_error(
     headers=headers_st,
     offset=st.integers(0, 2**40),
 )
+# regressions: non-ASCII letters/digits pass str.isalnum() but not the schemas' id pattern
+@example(key=b"\xcf\x80", value=None, headers=[], offset=0)  # "π"
+@example(key="٣".encode(), value=b"{}", headers=[], offset=1)  # Arabic-Indic digit three
+@example(key=b"k" * 65, value=None, headers=[], offset=2)  # longer than an id may be
+@example(key=b"", value=None, headers=[], offset=3)
 async def test_handoff_dead_letter_record_is_always_valid(
     key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]], offset: int
 ) -> None:
