@@ -1,11 +1,12 @@
 """schemathesis against the handoff API: no 500s, every answer as the OpenAPI documents it.
 
-The app is ``create_app(settings)`` served by uvicorn (lifespan on: projection rebuild,
-batch consumer, SLA sweep) on the real shared Kafka and Redis, with a unique topic and
-Redis prefix. A few cases are routed onto its ``loket.handoffs.v1`` first, so the fuzzer
-works on handoffs that exist: requests carry the development keys (``dev-<agency>`` of
-the addressee mostly, sometimes another agency's, ``dev-operator``, ``dev-desk``) and
-public status requests a valid token mostly. Every built-in schemathesis check runs.
+The service runs as in production, ``python -m loket_handoff`` (uvicorn, lifespan on:
+projection rebuild, batch consumer, SLA sweep) on the real shared Kafka and Redis, with a
+unique topic and Redis prefix (see api_fuzz_support.py). A few cases are routed onto its
+``loket.handoffs.v1`` first, so the fuzzer works on handoffs that exist: requests carry
+the development keys (``dev-<agency>`` of the addressee mostly, sometimes another
+agency's, ``dev-operator``, ``dev-desk``) and public status requests a valid token
+mostly. Every built-in schemathesis check runs.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """schemathesis against the intake API: no 500s, every answer as the OpenAPI documents it.
 
-The app is ``create_app(settings)`` served by uvicorn (lifespan on) on the real shared Kafka
-and Redis, with a unique topic and Redis prefix. Requests carry valid development keys
+The service runs as in production, ``python -m loket_intake`` (uvicorn, lifespan on,
+``create_app(settings)`` from ``LOKET_*`` variables) on the real shared Kafka and Redis with
+a unique topic and Redis prefix (see api_fuzz_support.py). Requests carry valid development keys
 (``dev-<initiative-id>``), so the authenticated paths run end to end: questions are
 published on Kafka, consent is withdrawn for cases seeded before the run. Every
 built-in schemathesis check runs (server errors, status codes, content types, response
