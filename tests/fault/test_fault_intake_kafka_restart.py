@@ -3,6 +3,10 @@
 Found by test_fault_kills.py::test_kafka_broker_restart_mid_flow: after the broker came
 back, intake answered 503 to every question for minutes: its idempotent aiokafka producer
 kept failing with OutOfOrderSequenceNumber and was never replaced.
+
+Fixed: batches that expire while their partition has no leader (right after the restart)
+burn sequence numbers; intake now replaces its producer after such fatal errors
+(services/intake/src/loket_intake/publishers.py, ProducerSupervisor).
 """
 
 from __future__ import annotations
@@ -18,12 +22,6 @@ from fault_helpers import wait_accepted
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(240)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="intake bug: after a broker restart under load the idempotent producer fails with "
-    "OutOfOrderSequenceNumber for good and intake answers 503 until restarted "
-    "(services/intake/src/loket_intake/publishers.py: recreate the producer on fatal errors)",
-)
 async def test_intake_accepts_again_after_broker_restart_under_load(tmp_path: Path) -> None:
     async with Stack(tmp_path / "stack", services=("intake",), extra_env=stack_env()) as stack:
         driver = TrafficDriver(stack.url("intake"), retry_deadline_s=45)

@@ -27,11 +27,6 @@ def report(name: str, result: object) -> None:
     print(f"\n[{name}] {getattr(result, 'summary', lambda: '')()}")
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="intake bug (see test_fault_intake_crash.py): a kill between the Kafka ack and "
-    "settling the Idempotency-Key lets the client's retry create a second case",
-)
 async def test_kill9_intake_mid_flow(stack: Stack) -> None:
     result = await run_flow(
         stack, n=N, rate=RATE, fault=kill_and_restart("intake"), responders=False
