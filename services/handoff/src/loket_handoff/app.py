@@ -3,19 +3,21 @@
 Nothing connects at import time or in ``create_app``; Kafka and Redis connect in the
 FastAPI lifespan (see loket_runtime.service.ServiceRuntime). On start the producer starts,
 the projection is rebuilt from Kafka when its marker is missing, then the batch consumer
-(:mod:`loket_handoff.consumer`) and the SLA timer sweep start.
+(:mod:`loket_handoff.consumer`) and the SLA timer sweep start. ``/readyz`` also checks
+that the consumer loop runs and polls (``consumer``) and that the sweep task runs
+(``timers``). On stop both end within bounds (:mod:`loket_handoff.background`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Any
 
 from fastapi import FastAPI
 from redis.exceptions import RedisError
 
 from loket_handoff import api, operator, subscribers
+from loket_handoff.background import stop_task
 from loket_handoff.businesshours import calendar_for
 from loket_handoff.clock import Clock, SystemClock
 from loket_handoff.consumer import HandoffConsumer
@@ -89,11 +91,14 @@ def create_app(
     )
 
     tasks: list[asyncio.Task[Any]] = []
+    stopping = asyncio.Event()
 
     async def sweep_forever() -> None:
         last_gauges = 0.0
         loop = asyncio.get_running_loop()
-        while True:
+        # the flag ends the loop even if a cancellation was lost (see background.py)
+        while not stopping.is_set():
+            metrics.timer_sweeps.inc()
             try:
                 if settings.handoff_timers_enabled:
                     fired = await service.fire_due_timers(
@@ -117,6 +122,7 @@ def create_app(
 
     @rt.on_startup
     async def start() -> None:
+        stopping.clear()
         await publisher.start()
         await rebuilder.ensure_ready()
         await consumer.start()
@@ -124,12 +130,25 @@ def create_app(
 
     @rt.on_shutdown
     async def stop() -> None:
+        stopping.set()
         await consumer.stop()  # the batch in flight finishes (and commits) first
-        for task in tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        while tasks:
+            await stop_task(tasks.pop(), log=rt.log)
         await publisher.stop()
+
+    async def consumer_ready() -> bool:
+        problem = consumer.problem()
+        if problem:
+            raise RuntimeError(problem)
+        return True
+
+    async def sweep_ready() -> bool:
+        if not tasks or tasks[0].done():
+            raise RuntimeError("SLA timer sweep is not running")
+        return True
+
+    rt.add_readiness_check("consumer", consumer_ready)
+    rt.add_readiness_check("timers", sweep_ready)
 
     app = FastAPI(
         title="Loket handoff",

@@ -20,7 +20,18 @@ and loket.consent.v1 with ``read_committed`` and without auto-commit:
 
 Rebalances: the listener bumps a generation counter on revoke and waits for the batch in
 flight (a lock), so a finished batch commits before the partitions go; a batch still
-retrying when its partitions are revoked stops retrying and commits nothing.
+retrying when its partitions are revoked stops retrying and commits nothing. The wait is
+bounded (``revoke_wait_s``, below the group's rebalance timeout): a batch that takes
+longer does not hold up the whole group; its commit then fails as "rebalanced" and the new
+owner reads its records again.
+
+Nothing in the loop waits without a bound: the offset commit has a deadline
+(``commit_timeout_s``; past it the loop restarts from the committed offsets), the loop
+records when it last polled, and :meth:`HandoffConsumer.problem` (the ``consumer``
+readiness check) reports a loop that failed twice in a row, has not polled for
+``stall_after_s``, or whose task ended. The supervisor task restarts the loop after any
+exception; should the supervisor itself end unexpectedly, it is started again.
+``stop()`` is bounded too (see :mod:`loket_handoff.background`).
 """
 
 from __future__ import annotations
@@ -35,7 +46,12 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
+from loket_handoff.background import stop_task
 from loket_handoff.metrics import HandoffMetrics
+
+
+class CommitTimeout(Exception):
+    """The offset commit did not finish in time: the loop restarts."""
 
 
 class Processor(Protocol):
@@ -48,9 +64,17 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         self.loop.generation += 1
-        # let the batch in flight finish (and commit) before the partitions are given up
-        async with self.loop.batch_lock:
-            pass
+        # let the batch in flight finish (and commit) before the partitions are given up,
+        # but not for longer than the group waits for us (a stuck batch must not stall
+        # the whole group's rebalance; its commit then fails and the records are re-read)
+        try:
+            async with asyncio.timeout(self.loop.revoke_wait_s):
+                async with self.loop.batch_lock:
+                    pass
+        except TimeoutError:
+            self.loop.log.warning(
+                "revoke_without_batch", waited_s=self.loop.revoke_wait_s, partitions=len(revoked)
+            )
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         self.loop.assigned = set(assigned)
@@ -75,6 +99,8 @@ class HandoffConsumer:
         retry_backoff_max_s: float = 5.0,
         session_timeout_ms: int = 10_000,
         heartbeat_interval_ms: int = 3_000,
+        commit_timeout_s: float = 30.0,
+        stall_after_s: float = 300.0,
     ) -> None:
         self.processor = processor
         self.bootstrap = bootstrap
@@ -89,6 +115,11 @@ class HandoffConsumer:
         self.retry_backoff_max_s = retry_backoff_max_s
         self.session_timeout_ms = session_timeout_ms
         self.heartbeat_interval_ms = heartbeat_interval_ms
+        self.commit_timeout_s = commit_timeout_s
+        self.stall_after_s = stall_after_s
+        #: The listener waits this long for the batch in flight (rebalance timeout = the
+        #: session timeout in aiokafka; leave the rest of it for the JoinGroup).
+        self.revoke_wait_s = session_timeout_ms / 1000 * 0.6
         self.generation = 0
         self.assigned: set[TopicPartition] = set()
         self.batch_lock = asyncio.Lock()
@@ -96,12 +127,44 @@ class HandoffConsumer:
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._started = asyncio.Event()
+        self._last_poll = 0.0
+        self._restarts = 0
 
     # ----------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
         self._stopping = False
+        self._last_poll = time.monotonic()
+        self._spawn()
+
+    def _spawn(self) -> None:
         self._task = asyncio.create_task(self._supervise(), name="handoff-consumer")
+        self._task.add_done_callback(self._supervisor_ended)
+
+    def _supervisor_ended(self, task: asyncio.Task[None]) -> None:
+        """The supervisor only ends on stop(); if it ends otherwise, start it again."""
+        if self._stopping or task is not self._task:
+            return
+        error = None if task.cancelled() else task.exception()
+        self.metrics.consumer_restarts.inc()
+        self.log.error(
+            "consumer_supervisor_ended",
+            cancelled=task.cancelled(),
+            error=f"{type(error).__name__}: {error}"[:300] if error else None,
+        )
+        self._spawn()
+
+    def problem(self) -> str | None:
+        """Why the consumer is not healthy (None: it is); the readiness check reports it."""
+        task = self._task
+        if task is None or task.done():
+            return "consumer task is not running"
+        if not self.running and self._restarts >= 2:
+            return f"consumer loop failing ({self._restarts} failed runs in a row)"
+        idle = time.monotonic() - self._last_poll
+        if idle > self.stall_after_s:
+            return f"consumer loop has not polled Kafka for {idle:.0f}s"
+        return None
 
     async def wait_running(self, within_s: float = 30.0) -> None:
         await asyncio.wait_for(self._started.wait(), within_s)
@@ -112,34 +175,29 @@ class HandoffConsumer:
         task, self._task = self._task, None
         if task is None:
             return
-        try:
-            await asyncio.wait_for(asyncio.shield(task), grace_s)
-        except TimeoutError:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        done, _ = await asyncio.wait([task], timeout=grace_s)
+        if not done:
+            await stop_task(task, timeout_s=grace_s, log=self.log)
 
     def _backoff(self, attempt: int) -> float:
         return float(min(self.retry_backoff_max_s, self.retry_backoff_s * 2 ** (attempt - 1)))
 
     async def _supervise(self) -> None:
-        restarts = 0
         while not self._stopping:
             try:
                 await self._run()
-                restarts = 0
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                restarts += 1
+                self._restarts += 1
                 self.metrics.consumer_restarts.inc()
                 self.log.warning(
                     "consumer_restart",
                     error_class=type(exc).__name__,
                     error=str(exc)[:300],
-                    restarts=restarts,
+                    restarts=self._restarts,
                 )
-                await asyncio.sleep(self._backoff(min(restarts, 6)))
+                await asyncio.sleep(self._backoff(min(self._restarts, 6)))
             finally:
                 self.running = False
 
@@ -162,9 +220,11 @@ class HandoffConsumer:
         try:
             await consumer.start()
             self.running = True
+            self._restarts = 0
             self._started.set()
             self.log.info("consumer_started", topics=self.topics, group_id=self.group_id)
             while not self._stopping:
+                self._last_poll = time.monotonic()
                 batch = await consumer.getmany(
                     timeout_ms=self.poll_timeout_ms, max_records=self.max_records
                 )
@@ -217,7 +277,15 @@ class HandoffConsumer:
     async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]
                       ) -> None:  # fmt: skip
         try:
-            await consumer.commit(offsets)
+            # bounded: aiokafka retries retriable commit errors (coordinator moving or
+            # loading) without end; past the deadline the loop restarts instead
+            async with asyncio.timeout(self.commit_timeout_s):
+                await consumer.commit(offsets)
+        except TimeoutError as exc:
+            self.metrics.commit_failures.inc()
+            raise CommitTimeout(
+                f"offset commit not done within {self.commit_timeout_s:g}s"
+            ) from exc
         except (CommitFailedError, IllegalStateError) as exc:
             # rebalanced: the new owner of these partitions handles the records again
             # (idempotent apply); nothing to retry here

@@ -70,6 +70,11 @@ class HandoffMetrics:
         self.timers_fired = Counter(
             "loket_handoff_timers_fired", "SLA timers claimed and handled.", registry=registry
         )
+        self.timer_sweeps = Counter(
+            "loket_handoff_timer_sweeps",
+            "Runs of the SLA timer sweep in this process (each claims the due timers).",
+            registry=registry,
+        )
         self.batches = Histogram(
             "loket_handoff_consumer_batch_records",
             "Records per consumed batch (committed with one offset commit).",

@@ -39,6 +39,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from prometheus_client import CollectorRegistry, Gauge
 from redis.exceptions import RedisError
 
+from loket_handoff.background import stop_task
 from loket_handoff.businesshours import AMSTERDAM
 from loket_handoff.domain import OPERATOR, Handoff, HandoffState
 from loket_handoff.errors import Retryable
@@ -474,8 +475,10 @@ async def operator_lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Refresh the operator gauges every few seconds while the app runs."""
     state = operator_state(app)
 
+    stopping = asyncio.Event()
+
     async def refresh_forever() -> None:
-        while True:
+        while not stopping.is_set():  # ends even if a cancellation was lost (background.py)
             try:
                 await state.overview(max_age=GAUGE_REFRESH_S / 2)
             except asyncio.CancelledError:
@@ -490,9 +493,8 @@ async def operator_lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        stopping.set()
+        await stop_task(task, log=log)
 
 
 # --------------------------------------------------------------------------- auth

@@ -36,10 +36,33 @@ def settings_for(loket_settings: dict[str, Any], **extra: Any) -> HandoffSetting
 
 
 @contextlib.asynccontextmanager
-async def running(settings: HandoffSettings, clock: Clock | None = None) -> AsyncIterator[FastAPI]:
+async def running(
+    settings: HandoffSettings,
+    clock: Clock | None = None,
+    *,
+    start_within: float = 60.0,
+    stop_within: float = 60.0,
+) -> AsyncIterator[FastAPI]:
+    """The app with its lifespan entered; starting and stopping are bounded (a stop that
+    hangs fails the test with that message instead of running into pytest-timeout)."""
     app = create_app(settings, clock=clock)
-    async with app.router.lifespan_context(app):
+    lifespan = contextlib.AsyncExitStack()
+    try:
+        async with asyncio.timeout(start_within):
+            await lifespan.enter_async_context(app.router.lifespan_context(app))
+    except TimeoutError as exc:
+        raise AssertionError(f"handoff app did not start within {start_within:g}s") from exc
+    try:
         yield app
+    finally:
+        try:
+            async with asyncio.timeout(stop_within):
+                await lifespan.aclose()
+        except TimeoutError as exc:
+            raise AssertionError(
+                f"handoff app did not stop within {stop_within:g}s (a task that ignores "
+                "its cancellation?)"
+            ) from exc
 
 
 def client(app: FastAPI) -> httpx.AsyncClient:

@@ -5,6 +5,7 @@ All on real Kafka and Redis.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
 from collections import Counter
@@ -12,11 +13,12 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from fastapi import FastAPI
 from handoff_itkit import Producer, case_routed, eventually, running, settings_for, store_of
 from redis.asyncio import Redis
 
 from loket_handoff.clock import FakeClock
-from loket_handoff.domain import HandoffState, handoff_id_for
+from loket_handoff.domain import Handoff, HandoffState, handoff_id_for
 from loket_handoff.rebuild import read_topic_to_end
 from loket_handoff.store import HandoffStore
 from loket_schemas import topics
@@ -27,10 +29,18 @@ from loket_schemas.vocabulary import AgencyCode
 pytestmark = pytest.mark.integration
 
 
-async def lifecycle_counts(bootstrap: str, prefix: str) -> Counter[tuple[str, str]]:
-    """(event type, handoff id) -> number of records on loket.handoffs.v1 (distinct ce_id)."""
-    records = await read_topic_to_end(bootstrap, topics.prefixed(topics.HANDOFFS, prefix))
-    seen: set[str] = set()
+async def lifecycle_counts(
+    bootstrap: str, prefix: str, within: float = 60.0
+) -> Counter[tuple[str, str]]:
+    """(event type, handoff id) -> number of records on loket.handoffs.v1.
+
+    Records, not distinct event ids: an event published twice (same deterministic id)
+    counts twice, so ``== 1`` means exactly once on the wire."""
+    try:
+        async with asyncio.timeout(within):
+            records = await read_topic_to_end(bootstrap, topics.prefixed(topics.HANDOFFS, prefix))
+    except TimeoutError as exc:
+        raise AssertionError(f"reading loket.handoffs.v1 took more than {within:g}s") from exc
     counts: Counter[tuple[str, str]] = Counter()
     for record in records:
         try:
@@ -38,7 +48,6 @@ async def lifecycle_counts(bootstrap: str, prefix: str) -> Counter[tuple[str, st
         except DecodeError:
             continue
         counts[(type(env.data).__name__, getattr(env.data, "handoff_id", "-"))] += 1
-        seen.add(env.attributes.id)
     return counts
 
 
@@ -65,12 +74,20 @@ async def snapshot(store: HandoffStore, case_ids: list[str]) -> dict[str, Any]:
     return out
 
 
+def counter_value(app: FastAPI, name: str) -> float:
+    value: float = getattr(app.state.handoff_metrics, name)._value.get()
+    return value
+
+
 async def test_two_instances_fire_each_timer_exactly_once(
     loket_settings: dict[str, Any],
 ) -> None:
+    """Two instances share the projection and both sweep: every SLA timer fires on one of
+    them, once (one warning, one breach, one escalation per handoff on Kafka)."""
     clock = FakeClock()
     settings = settings_for(loket_settings)
     case_ids = [str(uuid.uuid4()) for _ in range(12)]
+    hids = [handoff_id_for(c, AgencyCode.UWV, 0) for c in case_ids]
     async with contextlib.AsyncExitStack() as stack:
         app_a = await stack.enter_async_context(running(settings, clock))
         app_b = await stack.enter_async_context(running(settings, clock))
@@ -80,39 +97,53 @@ async def test_two_instances_fire_each_timer_exactly_once(
         store = store_of(app_a)
         for case_id in case_ids:
             await producer.send(topics.HANDOFFS, case_routed(case_id))
-        hids = [handoff_id_for(c, AgencyCode.UWV, 0) for c in case_ids]
+
+        async def handoffs() -> list[Handoff]:
+            found = [await store.get_handoff(h) for h in hids]
+            return [h for h in found if h is not None]
 
         async def all_offered() -> bool:
-            return all([await store.get_handoff(h) is not None for h in hids])
+            return len(await handoffs()) == len(hids)
 
-        await eventually(all_offered, what="offers")
+        async def no_claim_in_flight() -> bool:
+            return await store.redis.zcard(store.k("inflight")) == 0
+
+        await eventually(all_offered, what=f"{len(hids)} handoffs offered (consumers of A and B)")
         first = await store.get_handoff(hids[0])
         assert first is not None
+
         clock.set(first.accept_warn_at + timedelta(minutes=1))
 
         async def all_warned() -> bool:
-            hs = [await store.get_handoff(h) for h in hids]
-            return all(h is not None and h.warned for h in hs)
+            return all(h.warned for h in await handoffs())
 
-        await eventually(all_warned, what="warnings")
+        await eventually(all_warned, what="an SLA warning on every handoff")
+        # every warning claim handled before the clock jumps hours ahead (a lease in fake
+        # time would otherwise expire at once and hand the timer out a second time)
+        await eventually(no_claim_in_flight, what="the warning claims released")
         assert len(await store.at_risk()) == len(hids)
+
         clock.set(first.accept_due_at + timedelta(minutes=1))
 
         async def all_escalated() -> bool:
-            hs = [await store.get_handoff(h) for h in hids]
-            return all(h is not None and h.state is HandoffState.ESCALATED for h in hs)
+            return all(h.state is HandoffState.ESCALATED for h in await handoffs())
 
-        await eventually(all_escalated, what="escalations")
-        # both instances keep sweeping; wait for a few more sweeps of each, then count
-        fired_a = app_a.state.handoff_metrics.timers_fired
-        fired_b = app_b.state.handoff_metrics.timers_fired
-        assert fired_a._value.get() + fired_b._value.get() >= 2 * len(hids)
+        await eventually(all_escalated, what="a breach and an escalation of every handoff")
+        await eventually(no_claim_in_flight, what="the breach claims released")
+        # both instances keep sweeping: a timer handed out twice would fire now
+        swept = {app: counter_value(app, "timer_sweeps") for app in (app_a, app_b)}
+
+        async def three_more_sweeps_each() -> bool:
+            return all(counter_value(app, "timer_sweeps") >= n + 3 for app, n in swept.items())
+
+        await eventually(three_more_sweeps_each, what="three more sweeps of each instance")
+        fired = counter_value(app_a, "timers_fired") + counter_value(app_b, "timers_fired")
+        assert fired == 2 * len(hids), f"{fired} timer firings for {len(hids)} handoffs"
         assert await store.redis.zcard(store.timers_key) == 0
         counts = await lifecycle_counts(settings.kafka_bootstrap, settings.topic_prefix)
-        for hid in hids:
-            assert counts[("HandoffSlaWarning", hid)] == 1, counts
-            assert counts[("HandoffSlaBreached", hid)] == 1
-            assert counts[("HandoffEscalated", hid)] == 1
+        for kind in ("HandoffSlaWarning", "HandoffSlaBreached", "HandoffEscalated"):
+            wrong = {h: counts[(kind, h)] for h in hids if counts[(kind, h)] != 1}
+            assert not wrong, f"{kind} records per handoff (want exactly 1): {wrong}"
         stats = await store.stats()
         assert stats["escalated:sla"] == len(hids)
 
