@@ -395,7 +395,10 @@ def _illegal(handoff: Handoff, action: str) -> Rejected:
 def decide_timer(handoff: Handoff, now: datetime) -> list[HandoffEvent]:
     """SLA events due for a handoff at ``now`` (warning at 75%, breach at 100%).
 
-    An acceptance breach escalates to maatwerkloket, except maatwerkloket's own.
+    Every SLA clock warns once and breaches once, in that order: a warning that did not
+    fire in time (the service was down, or Redis was rebuilt, when it fell due) comes
+    right before the breach instead of being skipped. An acceptance breach escalates to
+    maatwerkloket, except maatwerkloket's own.
     """
     kind = handoff.sla
     due = handoff.due_at
@@ -407,8 +410,12 @@ def decide_timer(handoff: Handoff, now: datetime) -> list[HandoffEvent]:
         "agency": handoff.agency,
         "occurred_at": now,
     }
+    events: list[HandoffEvent] = []
+    warn_at = handoff.warn_at
+    if not handoff.warned and warn_at is not None and now >= min(warn_at, due):
+        events.append(HandoffSlaWarning(**base, sla=kind, due_at=due))
     if now >= due:
-        events: list[HandoffEvent] = [HandoffSlaBreached(**base, sla=kind, due_at=due)]
+        events.append(HandoffSlaBreached(**base, sla=kind, due_at=due))
         if kind is SlaKind.ACCEPT and handoff.agency is not ESCALATION_POINT:
             events.append(
                 HandoffEscalated(
@@ -418,11 +425,7 @@ def decide_timer(handoff: Handoff, now: datetime) -> list[HandoffEvent]:
                     note="acceptance SLA ran out",
                 )
             )
-        return events
-    warn_at = handoff.warn_at
-    if not handoff.warned and warn_at is not None and now >= warn_at:
-        return [HandoffSlaWarning(**base, sla=kind, due_at=due)]
-    return []
+    return events
 
 
 # --------------------------------------------------------------------------- evolve

@@ -229,10 +229,26 @@ def test_sla_warning_breach_and_escalation() -> None:
     assert h.projection.handoffs[offer.handoff_id].state is HandoffState.ESCALATED
     mw = h.projection.open_for(AgencyCode.MAATWERKLOKET)
     assert mw is not None
-    # maatwerkloket's own breach does not escalate further
+    # maatwerkloket's own breach does not escalate further (its warning, never fired
+    # because the clock jumped past both, comes first)
     fired = h.tick(mw.accept_due_at + timedelta(days=30))
-    assert [type(e) for e in fired] == [HandoffSlaBreached]
+    assert [type(e) for e in fired] == [HandoffSlaWarning, HandoffSlaBreached]
     assert h.projection.handoffs[mw.handoff_id].next_timer() is None
+
+
+def test_a_warning_that_fell_due_unnoticed_comes_right_before_the_breach_once() -> None:
+    # e.g. handoff was down (or Redis was being rebuilt) over both the 75% and 100% points
+    h = Harness()
+    (offer,) = h.route(routed())
+    fired = h.tick(offer.accept_due_at + timedelta(minutes=5))
+    assert [type(e) for e in fired] == [HandoffSlaWarning, HandoffSlaBreached, HandoffEscalated]
+    warning, breach, _ = fired
+    assert isinstance(warning, HandoffSlaWarning) and isinstance(breach, HandoffSlaBreached)
+    assert warning.due_at == breach.due_at == offer.accept_due_at
+    later = h.tick(offer.accept_due_at + timedelta(days=1))  # (maatwerkloket's fire now)
+    assert [e for e in later if e.handoff_id == offer.handoff_id] == []  # each fired once
+    handoff = h.projection.handoffs[offer.handoff_id]
+    assert handoff.warned and handoff.breached and handoff.next_timer() is None
 
 
 def test_resolve_sla_breach_does_not_escalate() -> None:
@@ -242,5 +258,5 @@ def test_resolve_sla_breach_does_not_escalate() -> None:
     handoff = h.projection.handoffs[offer.handoff_id]
     assert handoff.resolve_due_at is not None
     fired = h.tick(handoff.resolve_due_at)
-    assert [type(e) for e in fired] == [HandoffSlaBreached]
+    assert [type(e) for e in fired] == [HandoffSlaWarning, HandoffSlaBreached]
     assert h.projection.handoffs[offer.handoff_id].state is HandoffState.ACCEPTED
