@@ -12,7 +12,9 @@
 3. :func:`expected_owners` / :func:`check_owners`: exactly one responsible office per case,
    moved only by the acceptance of the lead handoff.
 4. :func:`check_no_bounce`: no ``HandoffOffered`` to an agency that declined the case;
-   escalation to maatwerkloket after 2 declines; one re-route per declined handoff.
+   escalation to maatwerkloket after 2 declines; one re-route per declined handoff (1st
+   decline) and per escalated handoff. :func:`check_offers`: every agency a routing
+   assigns is offered the case (handoff processed every ``CaseRouted``).
 5. :func:`open_handoffs`: the open handoffs (and their SLA deadlines) a replay of
    ``loket.handoffs.v1`` yields, to compare with the handoff service after a Redis wipe.
 """
@@ -28,6 +30,7 @@ from datetime import datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from loket_schemas.catalog import load_agencies
 from loket_schemas.events import (
@@ -387,6 +390,8 @@ def check_no_bounce(snap: Snapshot) -> list[str]:
     reroutes: Counter[str] = Counter()
     offered_per_handoff: dict[str, set[str]] = defaultdict(set)
     declined_handoffs: dict[str, HandoffDeclined] = {}
+    escalated_handoffs: dict[str, str] = {}
+    escalation_routes: Counter[str] = Counter()
     for rec in snap.records(HANDOFFS):
         ev = rec.data
         if ev is None:
@@ -394,6 +399,8 @@ def check_no_bounce(snap: Snapshot) -> list[str]:
         if isinstance(ev, CaseRouted):
             if ev.cause != RouteCause.INITIAL and ev.replaces_handoff_id:
                 reroutes[ev.replaces_handoff_id] += 1
+                if ev.cause == RouteCause.ESCALATION:
+                    escalation_routes[ev.replaces_handoff_id] += 1
             continue
         if rec.event_id in seen:
             continue
@@ -415,10 +422,12 @@ def check_no_bounce(snap: Snapshot) -> list[str]:
                 )
             if not set(declined[ev.case_id]) <= {a.value for a in ev.declined_by}:
                 problems.append(f"case {ev.case_id}: declined_by misses {declined[ev.case_id]}")
-        elif isinstance(ev, HandoffEscalated) and ev.reason.value == "bounce_limit":
-            escalated_bounce.add(ev.case_id)
-            if ev.escalate_to != AgencyCode.MAATWERKLOKET:
-                problems.append(f"case {ev.case_id}: escalated to {ev.escalate_to}")
+        elif isinstance(ev, HandoffEscalated):
+            escalated_handoffs[ev.handoff_id] = ev.case_id
+            if ev.reason.value == "bounce_limit":
+                escalated_bounce.add(ev.case_id)
+                if ev.escalate_to != AgencyCode.MAATWERKLOKET:
+                    problems.append(f"case {ev.case_id}: escalated to {ev.escalate_to}")
     for case_id, n in declines.items():
         if n >= 2 and case_id not in escalated_bounce:
             problems.append(f"case {case_id}: {n} declines but no HandoffEscalated(bounce_limit)")
@@ -431,6 +440,52 @@ def check_no_bounce(snap: Snapshot) -> list[str]:
     for hid, dec in declined_handoffs.items():
         if dec.decline_count < 2 and reroutes[hid] != 1:
             problems.append(f"declined handoff {hid} (1st decline) re-routed {reroutes[hid]} times")
+    for hid, case_id in escalated_handoffs.items():
+        if escalation_routes[hid] != 1:
+            problems.append(
+                f"case {case_id}: escalated handoff {hid} re-routed {escalation_routes[hid]} "
+                "times (cause escalation), expected once"
+            )
+    return problems
+
+
+def check_offers(snap: Snapshot) -> list[str]:
+    """Every agency a ``CaseRouted`` assigns has a ``HandoffOffered`` of that case: handoff
+    processed every routing (no partition stuck, nothing lost).
+
+    An assignment to an agency that declined the case before is offered to maatwerkloket
+    instead (handoff's guard). An initial routing's offers follow it on its partition
+    (key = case id). A re-routing may find the agency's handoff already open (handoff then
+    opens none), so any offer of that case to that agency counts."""
+    offers: dict[tuple[str, AgencyCode], list[int]] = defaultdict(list)
+    for rec in snap.recs_of(HANDOFFS, HandoffOffered):
+        ev = rec.data
+        assert isinstance(ev, HandoffOffered)
+        offers[(ev.case_id, ev.agency)].append(rec.offset)
+    declined: dict[str, set[AgencyCode]] = defaultdict(set)
+    initial_seen: set[str] = set()
+    problems: list[str] = []
+    for rec in snap.records(HANDOFFS):  # per partition in offset order: per case in order
+        ev = rec.data
+        if isinstance(ev, HandoffDeclined):
+            declined[ev.case_id].add(ev.agency)
+        if not isinstance(ev, CaseRouted):
+            continue
+        initial = ev.cause == RouteCause.INITIAL
+        if initial:
+            if ev.case_id in initial_seen:
+                continue  # a duplicate; check_questions_routed_once reports it
+            initial_seen.add(ev.case_id)
+        for a in ev.assignments:
+            agency = a.agency
+            if agency in declined[ev.case_id]:
+                agency = AgencyCode.MAATWERKLOKET
+            at = offers.get((ev.case_id, agency), [])
+            if not (any(o > rec.offset for o in at) if initial else at):
+                problems.append(
+                    f"case {ev.case_id}: {ev.cause.value} routing to {agency.value} "
+                    f"(partition {rec.partition}, offset {rec.offset}) has no HandoffOffered"
+                )
     return problems
 
 
@@ -452,6 +507,7 @@ def check_all(snap: Snapshot, accepted: Mapping[str, str]) -> list[str]:
         check_questions_routed_once(snap, accepted)
         + check_deliveries(snap)
         + check_no_bounce(snap)
+        + check_offers(snap)
         + check_sla_escalations(snap)
     )
 
@@ -540,28 +596,113 @@ async def end_offsets(
         await consumer.stop()
 
 
-async def settle(bootstrap: str, prefix: str = "", quiet_s: float = 3.0, within: float = 120.0
-                 ) -> None:  # fmt: skip
-    """Wait until no topic grows for ``quiet_s`` seconds and no transaction is open (all
-    services idle).
+async def consumer_lag(
+    bootstrap: str, topics: list[str], ends: Mapping[Any, int] | None = None
+) -> dict[str, int]:
+    """``"group topic/partition" -> records not yet consumed`` for every consumer group
+    with committed offsets on ``topics`` (the services' groups: test readers have none).
+
+    A committed offset below the last stable offset is only lag if a record visible to
+    read_committed readers lies in between: transaction markers and aborted records take
+    offsets too, and a consumer never sees them."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        ends = ends if ends is not None else await end_offsets(bootstrap, topics)
+        behind: dict[tuple[str, TopicPartition], int] = {}
+        for group, protocol in await admin.list_consumer_groups():
+            if protocol != "consumer":
+                continue
+            for tp, meta in (await admin.list_consumer_group_offsets(group)).items():
+                end = ends.get(tp)
+                if end is not None and 0 <= meta.offset < end:
+                    behind[(group, tp)] = meta.offset
+    finally:
+        await admin.close()
+    if not behind:
+        return {}
+    start: dict[TopicPartition, int] = {}
+    for (_, tp), offset in behind.items():
+        start[tp] = min(offset, start.get(tp, offset))
+    last_visible = await _last_visible_offsets(bootstrap, start, ends)
+    return {
+        f"{group} {tp.topic}/{tp.partition}": ends[tp] - offset
+        for (group, tp), offset in sorted(behind.items(), key=str)
+        if last_visible.get(tp, -1) >= offset
+    }
+
+
+async def _last_visible_offsets(
+    bootstrap: str, start: Mapping[TopicPartition, int], ends: Mapping[Any, int]
+) -> dict[TopicPartition, int]:
+    """Offset of the last record a read_committed reader sees in ``[start, end)``."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+    )
+    await consumer.start()
+    last: dict[TopicPartition, int] = {}
+    try:
+        consumer.assign(list(start))
+        for tp, offset in start.items():
+            consumer.seek(tp, offset)
+        pending = set(start)
+        deadline = time.monotonic() + 30
+        while pending and time.monotonic() < deadline:
+            batches = await consumer.getmany(*pending, timeout_ms=200)
+            for tp, records in batches.items():
+                for r in records:
+                    if r.offset < ends[tp]:
+                        last[tp] = max(r.offset, last.get(tp, -1))
+            for tp in list(pending):
+                if await consumer.position(tp) >= ends[tp]:
+                    pending.discard(tp)
+    finally:
+        await consumer.stop()
+    return last
+
+
+async def settle(
+    bootstrap: str,
+    prefix: str = "",
+    quiet_s: float = 3.0,
+    within: float = 120.0,
+    lag_grace_s: float = 30.0,
+) -> dict[str, int]:
+    """Wait until no topic grows for ``quiet_s`` seconds, no transaction is open and every
+    consumer group has consumed everything (all services idle).
 
     Quiet is judged on the high watermarks, and every partition's last stable offset must
     have caught up with it: an open transaction (e.g. of a killed router nobody fenced
     yet) freezes the last stable offset, which would look quiet while read_committed
-    readers, the snapshot included, still miss everything after it."""
+    readers, the snapshot included, still miss everything after it.
+
+    Quiet topics are not enough: a service that stalls for a few seconds (rejoining its
+    group after a restart, a broker coming back) leaves them quiet with its input unread.
+    So the services' consumer groups must have committed everything too; a group still
+    behind after ``lag_grace_s`` more seconds (a service killed on purpose, or one that is
+    stuck: then the invariants will say what is missing) is returned, not waited for."""
     names = all_topic_names(prefix)
     deadline = time.monotonic() + within
     last = await end_offsets(bootstrap, names, "read_uncommitted")
     stable: dict[Any, int] = {}
     quiet_since = time.monotonic()
+    lag_since: float | None = None
     while time.monotonic() < deadline:
         await asyncio.sleep(0.5)  # observing a system we do not control
         now = await end_offsets(bootstrap, names, "read_uncommitted")
         if now != last:
-            last, quiet_since = now, time.monotonic()
+            last, quiet_since, lag_since = now, time.monotonic(), None
         elif time.monotonic() - quiet_since >= quiet_s:
             stable = await end_offsets(bootstrap, names, "read_committed")
             if stable == now:
-                return
+                lag = await consumer_lag(bootstrap, names, stable)
+                if not lag:
+                    return {}
+                lag_since = lag_since or time.monotonic()
+                if time.monotonic() - lag_since >= lag_grace_s:
+                    return lag
     open_txn = {str(tp): last[tp] - stable.get(tp, 0) for tp in last if stable.get(tp) != last[tp]}
     raise TimeoutError(f"topics still growing or transactions open after {within}s: {open_txn}")

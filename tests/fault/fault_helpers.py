@@ -80,6 +80,7 @@ async def run_flow(
     driver = TrafficDriver(lambda: stack.url("intake"), seed=seed, retry_deadline_s=240)
     fault_at = 0
     marks: dict[str, float] = {}
+    lag: dict[str, int] = {}
     try:
         traffic = asyncio.create_task(driver.run(n, rate=rate))
         plan = sorted(faults or []) + ([(fault_after, fault)] if fault is not None else [])
@@ -107,7 +108,7 @@ async def run_flow(
         await agencies.idle(120)
         await settle(stack.bootstrap, stack.topic_prefix, quiet_s=settle_quiet_s, within=240)
         await agencies.idle(60)
-        await settle(stack.bootstrap, stack.topic_prefix, quiet_s=settle_quiet_s, within=240)
+        lag = await settle(stack.bootstrap, stack.topic_prefix, quiet_s=settle_quiet_s, within=240)
         marks["settled"] = time.monotonic() - started
     finally:
         if responders:
@@ -124,7 +125,7 @@ async def run_flow(
         violations,
         time.monotonic() - started,
         fault_at_accepted=fault_at,
-        notes={"marks": {k: round(v, 1) for k, v in marks.items()}},
+        notes={"marks": {k: round(v, 1) for k, v in marks.items()}, "consumer_lag": lag},
     )
 
 
