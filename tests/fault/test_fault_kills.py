@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from e2e_invariants import check_deliveries, check_questions_routed_once
 from e2e_stack import Stack, stack_env
 from e2e_traffic import TrafficDriver
 from fault_helpers import kill_and_restart, owner_violations, run_flow
@@ -51,12 +52,6 @@ async def test_kill9_router_then_handoff_mid_flow(stack: Stack) -> None:
     assert stack.instance("handoff").starts == 2
 
 
-@pytest.mark.xfail(
-    run=False,
-    reason="intake does not recover after a broker restart (OutOfOrderSequenceNumber, see "
-    "test_fault_intake_kafka_restart.py); not run: it would wait out every client's retry "
-    "deadline. Remove this mark when intake is fixed.",
-)
 async def test_kafka_broker_restart_mid_flow(stack: Stack) -> None:
     """The broker goes away for a few seconds: intake answers 503 (never 202 for something
     not on Kafka), clients retry with the same Idempotency-Key, nothing accepted is lost."""
@@ -92,8 +87,19 @@ async def test_kafka_broker_restart_mid_flow(stack: Stack) -> None:
     result = await run_flow(stack, n=N, rate=RATE, fault=fault)
     report("kafka restart", result)
     assert seen_503_while_down, "intake never answered 503 while Kafka was down"
-    assert result.violations == [], result.violations[:20]
-    assert await owner_violations(stack, result.snap) == []
+    # intake and router across the restart: every 202 on the topic, no question taken or
+    # routed twice, every delivery exactly once (intake bug B3, fixed)
+    core = check_questions_routed_once(result.snap, result.driver.accepted)
+    core += check_deliveries(result.snap)
+    core += [f"never accepted: {s.token} {s.final_error}" for s in result.driver.failed]
+    assert core == [], core[:20]
+    downstream = [v for v in result.violations if v not in core]
+    downstream += await owner_violations(stack, result.snap)
+    if downstream:
+        # open bugs downstream of the router's initial routing, listed in docs/reliability.md
+        # (B4: handoff loses events whose ack the restart swallowed). Reported, not hidden:
+        # the violations are in the xfail reason (pytest -rx shows it).
+        pytest.xfail(f"handoff / re-routing after a broker restart (B4): {downstream[:5]}")
 
 
 async def test_redis_down_mid_flow(stack: Stack) -> None:
