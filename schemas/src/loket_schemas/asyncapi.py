@@ -21,7 +21,6 @@ What is described where:
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -55,6 +54,7 @@ from loket_schemas.events import (
     QuestionReceived,
     ResolveHandoff,
 )
+from loket_schemas.generate import generator_cli
 from loket_schemas.kafka import (
     CONTENT_TYPE,
     SOURCE_URN_PREFIX,
@@ -535,30 +535,15 @@ def stale(out_dir: Path) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: write the documents, or with ``--check`` report stale ones (exit 1)."""
-    parser = argparse.ArgumentParser(
+    return generator_cli(
+        argv,
         prog="python -m loket_schemas.asyncapi",
         description="Generate the AsyncAPI document of each service.",
+        default_out=DEFAULT_OUT,
+        what="AsyncAPI documents",
+        write_all=write,
+        find_stale=stale,
     )
-    parser.add_argument(
-        "--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})"
-    )
-    parser.add_argument(
-        "--check", action="store_true", help="write nothing; exit 1 when documents are stale"
-    )
-    args = parser.parse_args(argv)
-    out_dir: Path = args.out
-    if args.check:
-        problems = stale(out_dir)
-        for problem in problems:
-            print(problem, file=sys.stderr)
-        if problems:
-            print("run: python -m loket_schemas.asyncapi", file=sys.stderr)
-            return 1
-        print(f"{out_dir}: up to date")
-        return 0
-    written = write(out_dir)
-    print(f"wrote {len(written)} AsyncAPI documents to {out_dir}")
-    return 0
 
 
 if __name__ == "__main__":

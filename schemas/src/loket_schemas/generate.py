@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -98,31 +98,52 @@ def stale(out_dir: Path) -> list[str]:
     return problems
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: write the schemas, or with ``--check`` report stale files (exit 1)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m loket_schemas.generate", description="Generate the JSON Schemas."
+def generator_cli(
+    argv: Sequence[str] | None,
+    *,
+    prog: str,
+    description: str,
+    default_out: Path,
+    what: str,
+    write_all: Callable[[Path], list[Path]],
+    find_stale: Callable[[Path], list[str]],
+) -> int:
+    """The command line of a generator: write the files, or with ``--check`` report stale
+    ones (exit 1). Shared by the JSON Schema and the AsyncAPI generators."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument(
+        "--out", type=Path, default=default_out, help=f"output folder (default {default_out})"
     )
     parser.add_argument(
-        "--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})"
-    )
-    parser.add_argument(
-        "--check", action="store_true", help="write nothing; exit 1 when files are stale"
+        "--check", action="store_true", help=f"write nothing; exit 1 when {what} are stale"
     )
     args = parser.parse_args(argv)
     out_dir: Path = args.out
     if args.check:
-        problems = stale(out_dir)
+        problems = find_stale(out_dir)
         for problem in problems:
             print(problem, file=sys.stderr)
         if problems:
-            print("run: python -m loket_schemas.generate", file=sys.stderr)
+            print(f"run: python -m {prog.removeprefix('python -m ')}", file=sys.stderr)
             return 1
         print(f"{out_dir}: up to date")
         return 0
-    written = write(out_dir)
-    print(f"wrote {len(written)} schemas to {out_dir}")
+    written = write_all(out_dir)
+    print(f"wrote {len(written)} {what} to {out_dir}")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: write the schemas, or with ``--check`` report stale files (exit 1)."""
+    return generator_cli(
+        argv,
+        prog="python -m loket_schemas.generate",
+        description="Generate the JSON Schemas.",
+        default_out=DEFAULT_OUT,
+        what="schemas",
+        write_all=write,
+        find_stale=stale,
+    )
 
 
 if __name__ == "__main__":
