@@ -13,35 +13,8 @@ from typing import Any
 
 import pytest
 from handoff_itkit import running, settings_for
-from redis.asyncio import Redis
-
-from loket_handoff.background import stop_task
 
 pytestmark = pytest.mark.integration
-
-
-async def test_stop_task_ends_redis_loops_even_when_a_cancellation_is_lost(
-    redis_url: str, redis_prefix: str
-) -> None:
-    redis = Redis.from_url(redis_url)
-    lost = 0
-    try:
-
-        async def loop() -> None:
-            while True:
-                await redis.exists(f"{redis_prefix}ready")
-
-        for _ in range(30):
-            task = asyncio.create_task(loop())
-            await asyncio.sleep(random.random() * 0.01)
-            task.cancel()
-            await asyncio.wait([task], timeout=0.5)
-            lost += not task.done()  # the library lost this cancellation
-            assert await stop_task(task, timeout_s=5.0), "a Redis loop did not stop within 5 s"
-            assert task.done()
-    finally:
-        await redis.aclose()
-    print(f"\n[stop_task] {lost} of 30 first cancellations lost, all tasks stopped")
 
 
 async def test_app_stops_within_bounds_while_sweeping_busily(
