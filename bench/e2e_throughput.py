@@ -55,6 +55,7 @@ import os
 import platform
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -820,8 +821,8 @@ async def main() -> None:
     parser.add_argument("--concurrency", type=int, default=128)
     parser.add_argument("--skip-floor", action="store_true")
     parser.add_argument("--skip-max", action="store_true")
-    parser.add_argument("--warmup", type=float, default=20.0, help="seconds, not reported")
-    parser.add_argument("--warmup-rate", type=float, default=100.0)
+    parser.add_argument("--warmup", type=float, default=60.0, help="seconds, not reported")
+    parser.add_argument("--warmup-rate", type=float, default=150.0)
     parser.add_argument("--idle-seconds", type=float, default=5.0)
     parser.add_argument("--routers", type=int, default=1)
     parser.add_argument("--handoffs", type=int, default=1)
@@ -837,17 +838,8 @@ async def main() -> None:
     parser.add_argument("--profile", default="", help="py-spy these services (comma list)")
     parser.add_argument("--out-dir", default="/tmp/loket-e2e-bench")
     parser.add_argument("--json-out", default="", help="also write the JSON summary here")
-    parser.add_argument(
-        "--nice",
-        type=int,
-        default=0,
-        help="niceness of the bench and everything it starts (negative needs root): "
-        "shields the measured stack from other users' load on a shared machine",
-    )
     args = parser.parse_args()
     rates = [float(r) for r in args.rates.split(",") if r]
-    if args.nice:
-        os.setpriority(os.PRIO_PROCESS, 0, args.nice)  # inherited by every child process
     env = parse_env(args.env)
     env.setdefault("intake", {})["LOKET_WORKERS"] = str(args.intake_workers)
     env.setdefault("router", {})["LOKET_TOPIC_PARTITIONS"] = str(args.partitions)
@@ -862,7 +854,6 @@ async def main() -> None:
             "partitions": args.partitions,
             "kafka_heap": args.kafka_heap,
             "kafka_config": args.kafka_config,
-            "nice": args.nice,
             "env": env,
             "duration_s": args.duration,
             "warmup_s": args.warmup,
@@ -872,6 +863,10 @@ async def main() -> None:
     }
     if args.kafka_config:  # appended to the bench broker's server.properties (kafka.sh)
         os.environ["KAFKA_EXTRA_CONFIG"] = "\n".join(args.kafka_config)
+    # SIGTERM (e.g. a timeout) cancels the run, so the stack below is still taken down
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     stack = Stack(extra_env=base_env, partitions=args.partitions, kafka_heap=args.kafka_heap)
     async with stack:
         for _ in range(args.routers - 1):

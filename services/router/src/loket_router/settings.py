@@ -22,7 +22,11 @@ class RouterSettings(BaseServiceSettings):
     retry_backoff_s: float = 0.2
     retry_backoff_max_s: float = 5.0
     transaction_timeout_ms: int = 60000
-    producer_linger_ms: int = 5
+    #: Producer linger. 0: a unit's outputs are appended as whole record batches
+    #: (``send_batch``) before the transaction awaits anything, so lingering batches
+    #: nothing more; it only delayed every transaction's produce by this many ms
+    #: (docs/benchmarks.md, end to end).
+    producer_linger_ms: int = 0
     #: Consumer group session timeout: how long a killed router keeps its partitions.
     consumer_session_timeout_ms: int = 10000
     consumer_heartbeat_interval_ms: int = 3000
