@@ -62,6 +62,7 @@ def create_app(
         topic=rt.topic(topics.HANDOFFS),
         dlq_topic=rt.topic(topics.DLQ),
         timeout_s=settings.kafka_delivery_timeout_s,
+        log=rt.log,
     )
     service = HandoffService(
         store=store,

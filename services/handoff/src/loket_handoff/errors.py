@@ -15,6 +15,11 @@ class CaseBusy(Retryable):
     """The per-case lock could not be taken in time."""
 
 
+class LeaseExpired(Retryable):
+    """The case lock's lease (nearly) ran out: another session may own the case now, so
+    nothing loaded under the old lease may be written."""
+
+
 class NotReady(Retryable):
     """The projection is being rebuilt from Kafka; try again shortly."""
 

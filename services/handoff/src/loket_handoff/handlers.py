@@ -10,6 +10,17 @@ Every decision follows the same path, under the per-case Redis lock:
    the consumer, their event id is already on the case timeline, and this process
    remembers the ids it applied recently, so the echo costs no Redis round trip).
 
+A publish whose outcome is unknown (no ack in time, a Kafka error, or the case lock's
+lease ran out before the apply) may still have landed. Its events are kept as
+*unconfirmed* for the case (in this process): before the next decision on that case,
+they are published again with the same event ids and content and applied, so the retry
+decides against the state that includes them and never produces a second, different
+decision (docs/reliability.md, B4). Their echo (consumed from the topic, not in the
+recently-applied set) is applied like any other instance's event. The publish is bounded
+by the lease left on the case lock, and :meth:`HandoffStore.apply` refuses to write once
+the lease is (nearly) over, so a session that waited long for Kafka never overwrites a
+newer session's writes.
+
 Each public use case takes the case lock and loads the case itself. The Kafka batch
 consumer (:mod:`loket_handoff.subscribers`) instead opens one :meth:`case_session` per
 case and batch (one lock, one load) and calls the ``*_in`` variants for every record of
@@ -40,8 +51,9 @@ from loket_handoff.domain import (
     decide_timer,
     event_id_for,
 )
+from loket_handoff.errors import LeaseExpired
 from loket_handoff.metrics import HandoffMetrics
-from loket_handoff.store import HandoffStore, LoadedCase
+from loket_handoff.store import LEASE_MARGIN_S, HandoffStore, LoadedCase, short_id
 from loket_schemas.catalog import AgencyCatalog
 from loket_schemas.events import (
     AcceptHandoff,
@@ -72,6 +84,8 @@ COMMAND_NAMES: dict[type[HandoffCommand], str] = {
 
 #: Event ids this process applied recently (the echo of our own publishes is skipped).
 RECENT_KEEP = 100_000
+#: Cases with unconfirmed events kept at most (oldest dropped: their echo still applies them).
+UNCONFIRMED_KEEP = 10_000
 #: Timers fired concurrently by one sweep (different cases run in parallel; one case is
 #: serialised by its lock).
 TIMER_CONCURRENCY = 32
@@ -99,6 +113,11 @@ async def publish_all(
         return
     for message, event_id, trace in items:
         await publisher.publish(message, event_id=event_id, trace=trace)
+
+
+#: An event published with an unknown outcome: (event id, event, time, trace, republish).
+#: ``republish`` is False for the consumed input applied with it (a CaseRouted).
+Unconfirmed = tuple[str, Message, datetime, TraceContext | None, bool]
 
 
 @dataclass(frozen=True)
@@ -131,6 +150,9 @@ class HandoffService:
         self._ensure_ready = ensure_ready
         self.log = log
         self._recent: OrderedDict[str, None] = OrderedDict()
+        #: case id -> events published with an unknown outcome, in order:
+        #: (event id, event, applied-at, trace, publish again?)
+        self._unconfirmed: OrderedDict[str, list[Unconfirmed]] = OrderedDict()
 
     async def ensure_ready(self) -> None:
         if self._ensure_ready is not None:
@@ -170,6 +192,7 @@ class HandoffService:
         self, loaded: LoadedCase, envelope: Envelope[CaseRouted]
     ) -> list[HandoffEvent]:
         routed = envelope.data
+        await self.confirm_pending(loaded, routed.case_id)
         # decided against the case before this routing (CaseRouted changes only the lead
         # and the route count, neither of which the offers depend on); the routing and its
         # offers are then applied together after the acks (one Redis transaction)
@@ -206,6 +229,9 @@ class HandoffService:
         applied = await self.store.apply(
             loaded, [(envelope.attributes.id, envelope.data, envelope.attributes.time)]
         )
+        pending = self._unconfirmed.get(envelope.data.case_id)
+        if pending is not None and all(short_id(item[0]) in loaded.applied for item in pending):
+            del self._unconfirmed[envelope.data.case_id]  # every one landed (echoed back)
         return bool(applied.new_events)
 
     async def on_consent(self, envelope: Envelope[ConsentGiven | ConsentWithdrawn]) -> bool:
@@ -243,6 +269,7 @@ class HandoffService:
         trace: TraceContext | None = None,
     ) -> CommandOutcome:
         name = COMMAND_NAMES.get(type(command), "unknown")
+        await self.confirm_pending(loaded, command.case_id)
         handoff = loaded.projection.handoffs.get(command.handoff_id)
         now = self.clock.now()
         decision = decide_command(
@@ -297,6 +324,7 @@ class HandoffService:
         reason: str,
         trace: TraceContext | None = None,
     ) -> None:
+        await self.confirm_pending(loaded, case_id)
         rejected = Rejected(RejectionKind.INVALID, reason)
         self.metrics.responses.labels("unknown", "kafka", rejected.kind.value).inc()
         now = self.clock.now()
@@ -336,10 +364,10 @@ class HandoffService:
         now: datetime,
     ) -> None:
         event_id = str(uuid.uuid5(REJECTION_NAMESPACE, command_id))
-        await self.publisher.publish(event, event_id=event_id, trace=trace)
+        pending: list[Unconfirmed] = [(event_id, event, now, trace, True)]
+        await self._publish_bounded(loaded, event.case_id, pending)
         if loaded.case is not None:  # a timeline exists only for known cases
-            await self.store.apply(loaded, [(event_id, event, now)])
-            self._remember([event_id])
+            await self._apply_confirmed(loaded, event.case_id, pending)
 
     # ------------------------------------------------------------------ timers
 
@@ -373,6 +401,7 @@ class HandoffService:
             await self.store.release(handoff_id)
             return
         async with self.case_session(current.case_id) as loaded:
+            await self.confirm_pending(loaded, current.case_id)
             handoff = loaded.projection.handoffs.get(handoff_id)
             if handoff is None:
                 await self.store.release(handoff_id)
@@ -403,13 +432,12 @@ class HandoffService:
             if first:
                 await self.store.apply(loaded, first)
             return
-        items: list[tuple[str, Message, datetime]] = list(first)
-        out: list[tuple[Message, str, TraceContext | None]] = []
+        case_id = events[0].case_id
+        items: list[Unconfirmed] = [(i, m, at, None, False) for i, m, at in first]
         for event in events:
             event_id = event_id_for(event.handoff_id, event.EVENT_TYPE, version)
-            out.append((event, event_id, trace))
-        await publish_all(self.publisher, out)  # every broker ack before the apply
-        items.extend((event_id, event, now) for event, event_id, _ in out)
+            items.append((event_id, event, now, trace, True))
+        await self._publish_bounded(loaded, case_id, items)  # every ack before the apply
         for event in events:
             before = loaded.projection.handoffs.get(event.handoff_id)
             latency = (
@@ -418,8 +446,72 @@ class HandoffService:
                 else None
             )
             self.metrics.published(event, latency)
-        await self.store.apply(loaded, items)
-        self._remember([event_id for _, event_id, _ in out])
+        await self._apply_confirmed(loaded, case_id, items)
+
+    async def _publish_bounded(
+        self, loaded: LoadedCase, case_id: str, items: Sequence[Unconfirmed]
+    ) -> None:
+        """Publish the ``republish`` items of ``items`` within the case lock's lease.
+
+        On any failure the outcome is unknown (the records may have landed): ``items``
+        become unconfirmed for the case and the error is raised as :class:`Retryable`.
+        """
+        out = [(message, event_id, trace) for event_id, message, _, trace, again in items if again]
+        try:
+            left = loaded.lease_left()
+            async with asyncio.timeout(left - LEASE_MARGIN_S if left != float("inf") else None):
+                await publish_all(self.publisher, out)
+        except TimeoutError as exc:
+            self._keep_unconfirmed(case_id, items)
+            raise LeaseExpired(
+                "publish not acknowledged within the case lock's lease; kept as unconfirmed"
+            ) from exc
+        except Exception:
+            self._keep_unconfirmed(case_id, items)
+            raise
+
+    async def _apply_confirmed(
+        self, loaded: LoadedCase, case_id: str, items: Sequence[Unconfirmed]
+    ) -> None:
+        """Apply published ``items``; if the apply fails they stay unconfirmed."""
+        try:
+            await self.store.apply(loaded, [(event_id, m, at) for event_id, m, at, _, _ in items])
+        except Exception:
+            self._keep_unconfirmed(case_id, items)
+            raise
+        self._remember([event_id for event_id, _, _, _, again in items if again])
+
+    def _keep_unconfirmed(self, case_id: str, items: Sequence[Unconfirmed]) -> None:
+        pending = self._unconfirmed.setdefault(case_id, [])
+        known = {item[0] for item in pending}
+        pending.extend(item for item in items if item[0] not in known)
+        self._unconfirmed.move_to_end(case_id)
+        while len(self._unconfirmed) > UNCONFIRMED_KEEP:
+            dropped, _ = self._unconfirmed.popitem(last=False)
+            if self.log is not None:
+                self.log.warning("unconfirmed_dropped", case_id=dropped)
+
+    def unconfirmed(self, case_id: str) -> list[str]:
+        """Event ids of ``case_id`` published with an unknown outcome (tests, debugging)."""
+        return [item[0] for item in self._unconfirmed.get(case_id, ())]
+
+    async def confirm_pending(self, loaded: LoadedCase, case_id: str) -> None:
+        """Before deciding on ``case_id``: publish its unconfirmed events again (same ids,
+        same content; those the projection already holds are not sent) and apply them.
+
+        The retried decision then sees them, so it cannot decide the same step twice
+        with a different outcome. Raises :class:`Retryable` if Kafka still fails.
+        """
+        pending = self._unconfirmed.get(case_id)
+        if not pending:
+            return
+        todo = [item for item in pending if short_id(item[0]) not in loaded.applied]
+        if todo:
+            await self._publish_bounded(loaded, case_id, todo)
+            await self._apply_confirmed(loaded, case_id, todo)
+        self._unconfirmed.pop(case_id, None)
+        if self.log is not None:
+            self.log.info("unconfirmed_confirmed", case_id=case_id, events=len(todo))
 
 
 def _child(envelope: Envelope[Any]) -> TraceContext | None:

@@ -54,7 +54,7 @@ from loket_handoff.domain import (
     evolve,
     initiative_owner,
 )
-from loket_handoff.errors import CaseBusy
+from loket_handoff.errors import CaseBusy, LeaseExpired
 from loket_schemas.events import (
     AgencyRole,
     CaseRouted,
@@ -75,6 +75,8 @@ from loket_schemas.events import (
 from loket_schemas.vocabulary import AgencyCode, Urgency
 
 CLOSED_KEEP = 1000
+#: Seconds of case-lock lease that must be left for a write to the projection.
+LEASE_MARGIN_S = 1.0
 LATENCY_KEEP = 10_000
 ESCALATIONS_KEEP = 1000
 
@@ -420,6 +422,14 @@ class LoadedCase:
     applied: set[str]
     route_seqs: dict[str, int]
     """CaseRouted event short id -> its route sequence number."""
+    lease_until: float = float("inf")
+    """Event-loop time at which the case lock may expire (inf: no lock taken here).
+    :meth:`HandoffStore.apply` refuses to write when less than ``LEASE_MARGIN_S`` of it is
+    left: another session may own the case by then (a write from a stale load would undo
+    its changes)."""
+
+    def lease_left(self) -> float:
+        return self.lease_until - asyncio.get_running_loop().time()
 
     @property
     def case(self) -> Case | None:
@@ -598,6 +608,7 @@ return out
         deadline = loop.time() + lock.wait_s
         delay = 0.002
         while True:
+            sent = loop.time()  # the lock's PX countdown starts after this
             raw = await self._lock_load(
                 keys=[lock.key, self.kid("c", case_id), self.kid("tl", case_id)],
                 args=[lock.token, lock.ttl_ms, self.kid("h", "")],
@@ -609,8 +620,10 @@ return out
             await asyncio.sleep(delay)  # lock held by another decider; poll with backoff
             delay = min(delay * 2, 0.05)
         ctx = _HELD.set(held | {lock.key})
+        loaded = self._loaded(case_id, raw)
+        loaded.lease_until = sent + lock.ttl_ms / 1000
         try:
-            yield self._loaded(case_id, raw)
+            yield loaded
         finally:
             _HELD.reset(ctx)
             await self._release(keys=[lock.key], args=[lock.token])
@@ -662,8 +675,14 @@ return out
 
         Call under the case lock with ``loaded`` from :meth:`load`; ``loaded`` is updated
         in place, so several batches can follow one load. Events already applied (their
-        id is on the timeline) are skipped.
+        id is on the timeline) are skipped. Raises :class:`LeaseExpired` (writing
+        nothing) when the case lock may run out before the write lands.
         """
+        if loaded.lease_left() < LEASE_MARGIN_S:
+            raise LeaseExpired(
+                f"case lock lease nearly over ({loaded.lease_left():.2f}s left): not writing "
+                "a projection loaded under it"
+            )
         projection = loaded.projection
         before = dict(projection.handoffs)
         case_before = projection.case

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, KafkaTimeoutError
 
 from loket_handoff.errors import Retryable
 from loket_handoff.handlers import HandoffService
@@ -64,12 +64,30 @@ COMMANDS: tuple[type[Message], ...] = (
 )
 
 
+def needs_new_producer(exc: BaseException) -> bool:
+    """True when a publish error means the producer cannot be trusted to deliver again.
+
+    aiokafka's idempotent producer never resets a partition's sequence: after a batch
+    failed for good (e.g. expired while the partition had no leader during a broker
+    restart), every later batch on that partition gets ``OutOfOrderSequenceNumber``;
+    ``UnknownProducerId``, ``ProducerFenced`` and ``ProducerClosed`` are as final. So any
+    Kafka error except a timeout (the record is still queued and may land) means: replace
+    the producer (same rule as intake's ``ProducerSupervisor``, docs/reliability.md B3).
+    """
+    if isinstance(exc, KafkaTimeoutError | TimeoutError):
+        return False
+    return isinstance(exc, KafkaError)
+
+
 class KafkaPublisher:
     """Publishes on loket.handoffs.v1 (and the DLQ) with the CloudEvents binding.
 
     Raw aiokafka producer with ``acks="all"`` and idempotence, started in the app
     lifespan. Every publish returns only after the broker ack; an ack that does not come
     within ``timeout_s`` (Kafka down) raises :class:`Retryable` (loudly, nothing dropped).
+    A Kafka error that leaves the producer broken (:func:`needs_new_producer`) starts a
+    replacement in the background: a new producer is started, then installed, the old one
+    stopped (bounded); publishes meanwhile raise :class:`Retryable` having sent nothing.
     """
 
     def __init__(
@@ -81,6 +99,8 @@ class KafkaPublisher:
         timeout_s: float = 30.0,
         linger_ms: int = 2,
         client_id: str = "handoff",
+        start_timeout_s: float = 10.0,
+        log: Any = None,
     ) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
@@ -88,24 +108,87 @@ class KafkaPublisher:
         self.timeout_s = timeout_s
         self.linger_ms = linger_ms
         self.client_id = client_id
+        self.start_timeout_s = start_timeout_s
+        self.log = log
         self.producer: AIOKafkaProducer | None = None
+        self.replacements = 0
+        self._replacing: asyncio.Task[None] | None = None
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._closed = False
 
-    async def start(self) -> None:
-        producer = AIOKafkaProducer(
+    def _new_producer(self) -> AIOKafkaProducer:
+        return AIOKafkaProducer(
             bootstrap_servers=self.bootstrap,
             client_id=self.client_id,
             acks="all",
             enable_idempotence=True,
             linger_ms=self.linger_ms,
         )
+
+    async def start(self) -> None:
+        self._closed = False
+        producer = self._new_producer()
         await producer.start()
         self.producer = producer
 
     async def stop(self, timeout_s: float = 10.0) -> None:
+        self._closed = True
+        if self._replacing is not None and not self._replacing.done():
+            self._replacing.cancel()
+            await asyncio.gather(self._replacing, return_exceptions=True)
         producer, self.producer = self.producer, None
         if producer is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(producer.stop(), timeout_s)
+            await _stop_producer(producer, timeout_s)
+        if self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)
+
+    @property
+    def replacing(self) -> bool:
+        return self._replacing is not None and not self._replacing.done()
+
+    def _broken(self, producer: AIOKafkaProducer, exc: BaseException) -> None:
+        """``producer`` failed with ``exc``: replace it (once) if it cannot recover."""
+        if self._closed or producer is not self.producer or self.replacing:
+            return
+        if not needs_new_producer(exc):
+            return
+        if self.log is not None:
+            self.log.warning("kafka_producer_broken", error=type(exc).__name__)
+        self._replacing = asyncio.get_running_loop().create_task(
+            self._replace(producer), name="handoff-producer-replace"
+        )
+
+    async def _replace(self, old: AIOKafkaProducer) -> None:
+        delay = 0.2
+        attempt = 0
+        while not self._closed:
+            attempt += 1
+            new = self._new_producer()
+            try:
+                await asyncio.wait_for(new.start(), self.start_timeout_s)
+            except asyncio.CancelledError:
+                await _stop_producer(new, 5.0)
+                raise
+            except Exception as exc:
+                if self.log is not None:
+                    self.log.warning(
+                        "kafka_producer_start_failed", attempt=attempt, error=type(exc).__name__
+                    )
+                await _stop_producer(new, 5.0)
+                await asyncio.sleep(delay)  # back-off before the next attempt
+                delay = min(delay * 2, 5.0)
+                continue
+            if self._closed:
+                await _stop_producer(new, 5.0)
+                return
+            self.producer = new
+            self.replacements += 1
+            if self.log is not None:
+                self.log.warning("kafka_producer_replaced", attempts=attempt)
+            retire = asyncio.get_running_loop().create_task(_stop_producer(old, 30.0))
+            self._retiring.add(retire)
+            retire.add_done_callback(self._retiring.discard)
+            return
 
     async def publish(self, message: Message, *, event_id: str, trace: TraceContext | None) -> None:
         await self.publish_many([(message, event_id, trace)])
@@ -128,6 +211,8 @@ class KafkaPublisher:
         producer = self.producer
         if producer is None:
             raise Retryable("Kafka producer not started")
+        if self.replacing:
+            raise Retryable("Kafka producer is being replaced")
         try:
             async with asyncio.timeout(self.timeout_s):
                 futures = [
@@ -139,7 +224,14 @@ class KafkaPublisher:
             raise Retryable(f"publish to {topic!r} not acknowledged within {self.timeout_s:g}s"
                             ) from exc  # fmt: skip
         except KafkaError as exc:
+            self._broken(producer, exc)
             raise Retryable(f"publish to {topic!r} failed: {type(exc).__name__}: {exc}") from exc
+
+
+async def _stop_producer(producer: AIOKafkaProducer, within: float) -> None:
+    """Stop a producer (flushing what it still holds), bounded by ``within`` seconds."""
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(producer.stop(), within)
 
 
 class DlqPublisher:
