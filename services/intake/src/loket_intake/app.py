@@ -60,7 +60,9 @@ def create_app(settings: IntakeSettings | None = None) -> FastAPI:
         idempotency_wait_s=settings.idempotency_wait_s,
     )
     api.install_error_handlers(app, settings)
-    app.include_router(api.build_router(settings, keys))
+    router, post_question = api.build_router(settings, keys)
+    app.include_router(router)
+    app.add_middleware(api.QuestionFastPath, endpoint=post_question, settings=settings)
     desk.install(app, settings, keys)
     if settings.dev_keys_enabled:
         runtime.log.warning("dev_api_keys_enabled", hint="set LOKET_DEV_API_KEYS=false")

@@ -56,8 +56,12 @@ _CROCKFORD_ALIASES = str.maketrans({"O": "0", "I": "1", "L": "1"})
 
 
 def new_reference() -> str:
-    """A random reference ``LK-XXXX-XXXX`` (40 bits; uniqueness is enforced in Redis)."""
-    chars = "".join(secrets.choice(REFERENCE_ALPHABET) for _ in range(8))
+    """A random reference ``LK-XXXX-XXXX`` (40 bits; uniqueness is enforced in Redis).
+
+    One draw of 40 random bits, 5 bits per character (32 characters: uniform, no bias).
+    """
+    bits = int.from_bytes(secrets.token_bytes(5), "big")
+    chars = "".join(REFERENCE_ALPHABET[(bits >> shift) & 31] for shift in range(35, -1, -5))
     return f"{REFERENCE_PREFIX}{chars[:4]}-{chars[4:]}"
 
 

@@ -8,6 +8,8 @@ parses, authenticates and maps errors.
 from __future__ import annotations
 
 import asyncio
+import logging
+import secrets
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -207,7 +209,7 @@ async def submit_question(
     Raises IdempotencyConflict / IdempotencyInProgress (409), PublishFailed /
     StoreUnavailable (503).
     """
-    token = uuid.uuid4().hex
+    token = secrets.token_hex(16)
     if idempotency is not None:
         claimed = await _claim_key(question, deps, idempotency, token)
         if isinstance(claimed, Submitted):
@@ -258,16 +260,17 @@ async def submit_question(
             "done", idempotency.body_hash, response=accepted.body(), case_id=case.case_id
         )
         await _settle_quietly(deps, idempotency, token, done)
-    log.info(
-        "question_accepted",
-        case_id=case.case_id,
-        channel=question.channel.value,
-        initiative=question.initiative,
-        consent=question.consent is not None,
-        identified=question.requester is not None,
-        attachments=len(attachments or []),
-        resumed=case.resumed,
-    )
+    if log.is_enabled_for(logging.INFO):  # one line per question: skip it cheaply when off
+        log.info(
+            "question_accepted",
+            case_id=case.case_id,
+            channel=question.channel.value,
+            initiative=question.initiative,
+            consent=question.consent is not None,
+            identified=question.requester is not None,
+            attachments=len(attachments or []),
+            resumed=case.resumed,
+        )
     return Submitted(accepted)
 
 

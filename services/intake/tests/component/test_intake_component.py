@@ -265,3 +265,39 @@ async def test_status_panel_asks_handoff_and_checks_the_token(
     app.state.desk.client = httpx.AsyncClient(transport=httpx.MockTransport(down))
     fallback = await client.get(f"/balie/status/{ref}", params={"token": token})
     assert fallback.json()["label"] == "Ontvangen"
+
+
+async def test_questions_path_other_methods_keep_the_framework_errors(
+    app_client: tuple[Any, httpx.AsyncClient],
+) -> None:
+    """POST /api/v1/questions skips FastAPI's routing (api.QuestionFastPath); every other
+    method or path still gets the framework's answer in the one error body."""
+    app, client = app_client
+    resp = await client.get("/api/v1/questions", headers=KEY)
+    assert resp.status_code == 405
+    assert resp.json()["error"]["code"] == "method_not_allowed"
+    resp = await client.post("/api/v1/questionsx", json=question(), headers=KEY)
+    assert resp.status_code == 404
+    assert resp.json()["error"]["code"] == "not_found"
+    app.state.publishers.questions.mock.assert_not_called()
+
+
+async def test_questions_fast_path_maps_a_raw_redis_error_to_503(
+    app_client: tuple[Any, httpx.AsyncClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A RedisError that escapes the store gets the same 503 as the app's handler."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    app, client = app_client
+
+    async def broken(*_args: Any, **_kwargs: Any) -> Any:
+        raise RedisConnectionError("down")
+
+    monkeypatch.setattr(app.state.deps.store, "claim", broken)
+    resp = await client.post(
+        "/api/v1/questions", json=question(), headers={**KEY, "Idempotency-Key": "k-1"}
+    )
+    assert resp.status_code == 503
+    assert resp.json()["error"]["code"] == "redis_unavailable"
+    assert resp.headers["Retry-After"]
+    app.state.publishers.questions.mock.assert_not_called()
