@@ -53,11 +53,13 @@ def is_holiday(day: date) -> bool:
     return day in _holidays_for(day.year)
 
 
+@lru_cache(maxsize=4096)
 def is_business_day(day: date) -> bool:
     """Monday to Friday and not a Dutch public holiday."""
     return day.weekday() < 5 and not is_holiday(day)
 
 
+@lru_cache(maxsize=4096)
 def _window(day: date) -> tuple[datetime, datetime]:
     start = datetime.combine(day, DAY_START, tzinfo=AMSTERDAM)
     end = datetime.combine(day, DAY_END, tzinfo=AMSTERDAM)

@@ -507,8 +507,13 @@ class HandoffService:
             return
         todo = [item for item in pending if short_id(item[0]) not in loaded.applied]
         if todo:
-            await self._publish_bounded(loaded, case_id, todo)
-            await self._apply_confirmed(loaded, case_id, todo)
+            # a decision follows on this load: this write must not release the lock
+            release, loaded.release_on_write = loaded.release_on_write, False
+            try:
+                await self._publish_bounded(loaded, case_id, todo)
+                await self._apply_confirmed(loaded, case_id, todo)
+            finally:
+                loaded.release_on_write = release
         self._unconfirmed.pop(case_id, None)
         if self.log is not None:
             self.log.info("unconfirmed_confirmed", case_id=case_id, events=len(todo))

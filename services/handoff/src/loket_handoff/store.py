@@ -41,6 +41,7 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 from redis.asyncio import Redis
@@ -148,6 +149,7 @@ def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+@lru_cache(maxsize=65_536)
 def pack_id(value: str) -> bytes:
     """Compact id for Redis keys and members: a canonical UUID as its 16 raw bytes.
 
@@ -423,10 +425,18 @@ class LoadedCase:
     route_seqs: dict[str, int]
     """CaseRouted event short id -> its route sequence number."""
     lease_until: float = float("inf")
-    """Event-loop time at which the case lock may expire (inf: no lock taken here).
-    :meth:`HandoffStore.apply` refuses to write when less than ``LEASE_MARGIN_S`` of it is
-    left: another session may own the case by then (a write from a stale load would undo
-    its changes)."""
+    """Event-loop time at which the case lock may expire (inf: no lock taken here). A
+    publish is bounded by it (see :mod:`loket_handoff.handlers`)."""
+    lock_key: str = ""
+    token: str = ""
+    """The case lock held for this load ("": none). :meth:`HandoffStore.apply` writes
+    only while Redis still holds this token under ``lock_key`` (checked in the same
+    script as the writes): after the lock expired another session may own the case, and
+    a write from this stale load would undo its changes."""
+    release_on_write: bool = False
+    """The next write also releases the case lock (set by the batch processor for the
+    last record of a case's run; after it, this load may not be written again)."""
+    released: bool = False
 
     def lease_left(self) -> float:
         return self.lease_until - asyncio.get_running_loop().time()
@@ -445,6 +455,85 @@ class Applied:
 
 
 _HELD: ContextVar[frozenset[str]] = ContextVar("handoff_case_locks_held", default=frozenset())
+
+
+WRITE = """
+if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+local i = 3
+local n = #ARGV
+while i <= n do
+  local c = tonumber(ARGV[i + 2])
+  redis.call(ARGV[i], KEYS[tonumber(ARGV[i + 1])], unpack(ARGV, i + 3, i + 2 + c))
+  i = i + 3 + c
+end
+if ARGV[2] == '1' then
+  redis.call('DEL', KEYS[1])
+end
+return 1
+"""
+"""Run the writes collected by :class:`Writes` if the case lock (KEYS[1]) still holds
+the token ARGV[1] ('' : no lock to check); 0 when it does not (nothing written). With
+ARGV[2] = '1' the lock is released after the writes (the session's last write: saves
+the separate release round trip)."""
+
+
+class Writes:
+    """Projection writes collected for ONE :data:`WRITE` script call.
+
+    The subset of the pipeline interface :meth:`HandoffStore.apply` uses. ARGV per
+    command: name, index of its key in KEYS, number of arguments, the arguments; KEYS[1]
+    is the case lock. One command with every argument instead of a MULTI/EXEC pipeline
+    of ~15 commands: one request to pack and one reply to parse (the pipeline cost more
+    client CPU than the rest of a routing, docs/benchmarks.md).
+    """
+
+    def __init__(self) -> None:
+        self.keys: list[str | bytes] = []
+        self.args: list[Any] = []
+        self._index: dict[str | bytes, int] = {}
+
+    def _op(self, command: str, key: str | bytes, values: Sequence[Any]) -> None:
+        index = self._index.get(key)
+        if index is None:
+            self.keys.append(key)
+            index = self._index[key] = len(self.keys) + 1  # KEYS[1] is the lock
+        self.args += (command, index, len(values), *values)
+
+    def hset(self, key: str | bytes, field: Any = None, value: Any = None, *,
+             mapping: dict[Any, Any] | None = None) -> None:  # fmt: skip
+        values: list[Any] = [field, value] if field is not None else []
+        for k, v in (mapping or {}).items():
+            values += (k, v)
+        self._op("HSET", key, values)
+
+    def hdel(self, key: str | bytes, *fields: Any) -> None:
+        self._op("HDEL", key, fields)
+
+    def hincrby(self, key: str | bytes, field: Any, amount: int) -> None:
+        self._op("HINCRBY", key, (field, amount))
+
+    def zadd(self, key: str | bytes, mapping: dict[Any, float]) -> None:
+        values: list[Any] = []
+        for member, score in mapping.items():
+            values += (repr(float(score)), member)
+        self._op("ZADD", key, values)
+
+    def zrem(self, key: str | bytes, *members: Any) -> None:
+        self._op("ZREM", key, members)
+
+    def zremrangebyrank(self, key: str | bytes, start: int, stop: int) -> None:
+        self._op("ZREMRANGEBYRANK", key, (start, stop))
+
+    def append(self, key: str | bytes, value: Any) -> None:
+        self._op("APPEND", key, (value,))
+
+    def lpush(self, key: str | bytes, *values: Any) -> None:
+        self._op("LPUSH", key, values)
+
+    def ltrim(self, key: str | bytes, start: int, stop: int) -> None:
+        self._op("LTRIM", key, (start, stop))
 
 
 class CaseLock:
@@ -554,6 +643,7 @@ return out
         self._reap = redis.register_script(self.REAP)
         self._lock_load = redis.register_script(self.LOCK_LOAD)
         self._release = redis.register_script(CaseLock._RELEASE)
+        self._write = redis.register_script(WRITE)
 
     # ------------------------------------------------------------------ keys
 
@@ -622,11 +712,14 @@ return out
         ctx = _HELD.set(held | {lock.key})
         loaded = self._loaded(case_id, raw)
         loaded.lease_until = sent + lock.ttl_ms / 1000
+        loaded.lock_key = lock.key
+        loaded.token = lock.token
         try:
             yield loaded
         finally:
             _HELD.reset(ctx)
-            await self._release(keys=[lock.key], args=[lock.token])
+            if not loaded.released:
+                await self._release(keys=[lock.key], args=[lock.token])
 
     def _loaded(self, case_id: str, raw: list[Any]) -> LoadedCase:
         raw_case = _pairs(raw[0])
@@ -675,14 +768,10 @@ return out
 
         Call under the case lock with ``loaded`` from :meth:`load`; ``loaded`` is updated
         in place, so several batches can follow one load. Events already applied (their
-        id is on the timeline) are skipped. Raises :class:`LeaseExpired` (writing
-        nothing) when the case lock may run out before the write lands.
+        id is on the timeline) are skipped. All writes run in ONE Lua script (atomic, one
+        round trip); it raises :class:`LeaseExpired` (writing nothing) when the case lock
+        of ``loaded`` is no longer held.
         """
-        if loaded.lease_left() < LEASE_MARGIN_S:
-            raise LeaseExpired(
-                f"case lock lease nearly over ({loaded.lease_left():.2f}s left): not writing "
-                "a projection loaded under it"
-            )
         projection = loaded.projection
         before = dict(projection.handoffs)
         case_before = projection.case
@@ -714,7 +803,7 @@ return out
             return Applied([], route_seq)
         case = projection.case
         case_id = case.case_id if case else new[0][1].case_id
-        pipe = self.redis.pipeline(transaction=True)
+        pipe = Writes()
         if case is not None:
             pipe.hset(self.kid("c", case_id), mapping=encode_case(case, projection.handoffs))
             if case_before is None:
@@ -732,7 +821,19 @@ return out
         if escalations:
             pipe.lpush(self.k("esc"), *escalations)
             pipe.ltrim(self.k("esc"), 0, ESCALATIONS_KEEP - 1)
-        await pipe.execute()
+        release = loaded.release_on_write and bool(loaded.token)
+        done = await self._write(
+            keys=[loaded.lock_key or "-", *pipe.keys],
+            args=[loaded.token, "1" if release else "", *pipe.args],
+        )
+        if done and release:
+            loaded.released = True
+            loaded.release_on_write = False
+        if not done:
+            raise LeaseExpired(
+                f"case lock of {case_id} lost before the write (lease ran out): nothing "
+                "written from the stale load"
+            )
         return Applied(new, route_seq)
 
     def _write_handoff(self, pipe: Any, h: Handoff, old: Handoff | None) -> None:

@@ -331,7 +331,8 @@ class BatchProcessor:
         """The records of one key, in order; one case session per run of one case id."""
         async with contextlib.AsyncExitStack() as stack:
             session: tuple[str, LoadedCase] | None = None
-            for record in records:
+            last = len(records) - 1
+            for n, record in enumerate(records):
                 handle = await self._decode(record)
                 if handle is None:
                     continue  # dead-lettered, or an echo of an event we applied
@@ -340,6 +341,9 @@ class BatchProcessor:
                     await stack.aclose()
                     loaded = await stack.enter_async_context(self.service.case_session(case_id))
                     session = (case_id, loaded)
+                # the group's last record: its write may release the lock in the same
+                # round trip (the session's exit then has nothing left to do)
+                session[1].release_on_write = n == last
                 await step(session[1])
 
     async def _decode(self, record: Any) -> tuple[str, Any] | None:
@@ -347,6 +351,12 @@ class BatchProcessor:
         topic = record.topic
         service = self.service
         if topic == self.handoffs_topic:
+            event_id = _header(record.headers, "ce_id")
+            if event_id is not None and service.recently_applied(event_id):
+                # the echo of our own publish, already applied: skip it before decoding
+                # (most records on this topic are; only ids we published are remembered)
+                self.echoes_skipped += 1
+                return None
             try:
                 envelope = decode(record.value, record.headers, expect=PROJECTED)
             except DecodeError as exc:
@@ -437,6 +447,17 @@ class BatchProcessor:
                 offset=record.offset,
                 error=str(error)[:200],
             )
+
+
+def _header(headers: Any, name: str) -> str | None:
+    """The value of header ``name`` of a consumed record (None: absent or not UTF-8)."""
+    for key, value in headers or ():
+        if key == name:
+            try:
+                return value.decode() if isinstance(value, bytes) else str(value)
+            except UnicodeDecodeError:
+                return None
+    return None
 
 
 def _addressed(record: Any) -> tuple[str, str, str] | None:
