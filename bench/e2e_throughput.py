@@ -3,7 +3,8 @@
     uv run python bench/e2e_throughput.py [--rates 50,200,500] [--duration 60]
         [--max-seconds 30] [--concurrency 128] [--skip-floor] [--skip-max]
         [--warmup 10] [--routers 1] [--handoffs 1] [--intake-workers 1]
-        [--partitions 3] [--kafka-heap -Xmx512m] [--kafka-config KEY=VALUE ...]
+        [--partitions 3] [--kafka-heap -Xmx512m] [--kafka-jvm=-XX:...]
+        [--kafka-config KEY=VALUE ...]
         [--env SVC:KEY=VALUE ...]
         [--profile SVC[,SVC]] [--out-dir DIR]
 
@@ -830,6 +831,11 @@ async def main() -> None:
     parser.add_argument("--partitions", type=int, default=3)
     parser.add_argument("--kafka-heap", default="-Xmx512m", help="JVM options of the broker")
     parser.add_argument(
+        "--kafka-jvm",
+        default="",
+        help="broker GC/JIT flags (--kafka-jvm=-XX:...; replace kafka.sh's defaults)",
+    )
+    parser.add_argument(
         "--kafka-config", action="append", default=[], help="broker KEY=VALUE (repeatable)"
     )
     parser.add_argument(
@@ -853,6 +859,7 @@ async def main() -> None:
             "intake_workers": args.intake_workers,
             "partitions": args.partitions,
             "kafka_heap": args.kafka_heap,
+            "kafka_jvm": args.kafka_jvm or "(kafka.sh default)",
             "kafka_config": args.kafka_config,
             "env": env,
             "duration_s": args.duration,
@@ -863,6 +870,8 @@ async def main() -> None:
     }
     if args.kafka_config:  # appended to the bench broker's server.properties (kafka.sh)
         os.environ["KAFKA_EXTRA_CONFIG"] = "\n".join(args.kafka_config)
+    if args.kafka_jvm:  # replaces kafka.sh's default GC/JIT flags of the bench broker
+        os.environ["KAFKA_JVM_PERFORMANCE_OPTS"] = args.kafka_jvm
     # SIGTERM (e.g. a timeout) cancels the run, so the stack below is still taken down
     task = asyncio.current_task()
     assert task is not None

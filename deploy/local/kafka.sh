@@ -9,9 +9,14 @@
 #   LOKET_STATE_DIR=<repo>/var   state root (git-ignored)
 #   KAFKA_DIR=$LOKET_STATE_DIR/kafka-$KAFKA_PORT   data, config, logs and pid of this broker
 #   KAFKA_JAR_CACHE=<repo>/.cache/kafka-$KAFKA_VERSION   broker jars from Maven Central
-#   KAFKA_HEAP_OPTS="-Xmx1g"     JVM heap
+#   KAFKA_HEAP_OPTS="-Xms512m -Xmx512m"        JVM heap
+#   KAFKA_JVM_PERFORMANCE_OPTS="-XX:+UseSerialGC"  GC/JIT flags (replaces this default)
 #   KAFKA_EXTRA_CONFIG=""        extra server.properties lines (newline-separated), e.g.
 #                                "num.network.threads=2" (benchmarks); later lines win
+#
+# The broker is sized for a small single node (2 cores, a few hundred requests/s): few
+# threads, Serial GC, small compacted internal-topic segments. Measured reasons in
+# docs/architecture.md ("Broker configuration") and docs/benchmarks.md (2026-12-03).
 #   KAFKA_START_TIMEOUT=60       seconds to wait until the broker is ready
 set -euo pipefail
 
@@ -22,7 +27,10 @@ KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-9093}"
 LOKET_STATE_DIR="${LOKET_STATE_DIR:-$REPO_ROOT/var}"
 KAFKA_DIR="${KAFKA_DIR:-$LOKET_STATE_DIR/kafka-$KAFKA_PORT}"
 KAFKA_JAR_CACHE="${KAFKA_JAR_CACHE:-$REPO_ROOT/.cache/kafka-$KAFKA_VERSION}"
-KAFKA_HEAP_OPTS="${KAFKA_HEAP_OPTS:--Xmx1g}"
+KAFKA_HEAP_OPTS="${KAFKA_HEAP_OPTS:--Xms512m -Xmx512m}"
+# Serial GC: one core's worth of GC work with no concurrent/refinement threads and the
+# cheapest write barrier; pauses stay a few ms with a 512 MB heap.
+KAFKA_JVM_PERFORMANCE_OPTS="${KAFKA_JVM_PERFORMANCE_OPTS:--XX:+UseSerialGC}"
 KAFKA_START_TIMEOUT="${KAFKA_START_TIMEOUT:-60}"
 
 PID_FILE="$KAFKA_DIR/kafka.pid"
@@ -74,14 +82,24 @@ num.partitions=3
 auto.create.topics.enable=true
 offsets.topic.replication.factor=1
 offsets.topic.num.partitions=10
+offsets.topic.segment.bytes=16777216
 transaction.state.log.replication.factor=1
 transaction.state.log.min.isr=1
 transaction.state.log.num.partitions=10
+transaction.state.log.segment.bytes=16777216
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
+share.coordinator.state.topic.num.partitions=1
 group.initial.rebalance.delay.ms=0
 min.insync.replicas=1
 default.replication.factor=1
+# small single node (2 cores): threads for a few hundred requests/s, not for 8+ cores
+num.network.threads=1
+num.io.threads=2
+background.threads=2
+num.recovery.threads.per.data.dir=1
+group.coordinator.threads=1
+log.cleaner.dedupe.buffer.size=16777216
 CONF
   if [[ -n "${KAFKA_EXTRA_CONFIG:-}" ]]; then
     printf '%s\n' "$KAFKA_EXTRA_CONFIG" >>"$CONF"
@@ -170,7 +188,7 @@ start() {
   [[ -f "$LOG_DIR/server.log" ]] && mv -f "$LOG_DIR/server.log" "$LOG_DIR/server.log.prev"
   log "starting (logs in $LOG_DIR)"
   # shellcheck disable=SC2086
-  setsid nohup java $KAFKA_HEAP_OPTS -XX:+UseG1GC -Djava.awt.headless=true \
+  setsid nohup java $KAFKA_HEAP_OPTS $KAFKA_JVM_PERFORMANCE_OPTS -Djava.awt.headless=true \
     -Dlog4j2.configurationFile="$KAFKA_DIR/log4j2.properties" -Dkafka.logs.dir="$LOG_DIR" \
     -cp "$KAFKA_JAR_CACHE/*" kafka.Kafka "$CONF" >"$LOG_DIR/stdout.log" 2>&1 </dev/null &
   pid=$!
