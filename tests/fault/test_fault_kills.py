@@ -95,11 +95,18 @@ async def test_kafka_broker_restart_mid_flow(stack: Stack) -> None:
     assert core == [], core[:20]
     downstream = [v for v in result.violations if v not in core]
     downstream += await owner_violations(stack, result.snap)
-    if downstream:
-        # open bugs downstream of the router's initial routing, listed in docs/reliability.md
-        # (B4: handoff loses events whose ack the restart swallowed). Reported, not hidden:
-        # the violations are in the xfail reason (pytest -rx shows it).
-        pytest.xfail(f"handoff / re-routing after a broker restart (B4): {downstream[:5]}")
+    lag: dict[str, int] = result.notes.get("consumer_lag") or {}
+    # re-routing (router B5, open: its re-route loop can hang after a broker restart) shows
+    # as re-route counts and as lag of the router's groups; everything else is handoff's
+    # (B4 fixed: offers, declines, escalations, owners after the restart) and strict
+    reroute = [v for v in downstream if "re-routed" in v]
+    reroute += [f"lag {k}: {n}" for k, n in lag.items() if "loket-router" in k.split()[0]]
+    handoff = [v for v in downstream if "re-routed" not in v]
+    handoff += [f"lag {k}: {n}" for k, n in lag.items() if "loket-handoff" in k.split()[0]]
+    assert handoff == [], handoff[:20]
+    if reroute:
+        # reported, not hidden: the violations are in the xfail reason (pytest -rx)
+        pytest.xfail(f"re-routing after a broker restart (router B5, open): {reroute[:5]}")
 
 
 async def test_redis_down_mid_flow(stack: Stack) -> None:
