@@ -36,6 +36,16 @@ Transient errors (Kafka, Redis) retry the unit with exponential backoff; after
 ``retry_attempts`` the loop restarts (fresh consumer and producers, from the committed
 offsets). ``ProducerFenced`` (another owner took the partition's transactional id) and a
 failed assignment (a producer could not be fenced in) restart too.
+
+Bounded waits (docs/reliability.md B5): aiokafka runs all requests of a producer in one
+background "sender" task; once that task is dead (it died on an unexpected error, e.g. a
+connection error while a broker restarts, or was cancelled) nothing completes a pending
+send, offset commit, commit or abort of that producer again. So a whole transaction
+(begin, sends and their acks, offsets, commit, or the abort after an error) runs within
+``commit_timeout_s``; a transaction not done by then, a dead sender task and a producer
+in a fatal state restart the loop (``LoopFenced``) with new producers, whose
+``init_transactions`` aborts the transaction the old one left open. Starting and
+stopping producers and stopping the consumer are bounded the same way.
 """
 
 from __future__ import annotations
@@ -50,6 +60,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError, ProducerFenced
 from aiokafka.partitioner import murmur2
+from aiokafka.producer.transaction_manager import TransactionState
 
 from loket_router.errors import LoopFenced, RetryableError
 from loket_router.handlers import BatchResult, ConsumerRecordLike
@@ -104,6 +115,7 @@ class TransactionalLoop:
         retry_backoff_s: float = 0.2,
         retry_backoff_max_s: float = 5.0,
         transaction_timeout_ms: int = 60000,
+        commit_timeout_s: float = 30.0,
         linger_ms: int = 5,
         session_timeout_ms: int = 10000,
         heartbeat_interval_ms: int = 3000,
@@ -125,6 +137,7 @@ class TransactionalLoop:
         self.retry_backoff_s = retry_backoff_s
         self.retry_backoff_max_s = retry_backoff_max_s
         self.transaction_timeout_ms = transaction_timeout_ms
+        self.commit_timeout_s = commit_timeout_s
         self.linger_ms = linger_ms
         self.session_timeout_ms = session_timeout_ms
         self.heartbeat_interval_ms = heartbeat_interval_ms
@@ -180,8 +193,15 @@ class TransactionalLoop:
             try:
                 await self._run()
                 restarts = 0
-            except asyncio.CancelledError:
-                raise
+            except asyncio.CancelledError as exc:
+                if _cancelling():
+                    raise
+                # not our own cancel: a library's task was cancelled under us (e.g. a
+                # producer's sender task); restart instead of ending the loop for good
+                restarts += 1
+                self.metrics.restarts.labels(loop=self.name).inc()
+                self.log.warning("loop_restart", error_class="CancelledError", error=str(exc))
+                await asyncio.sleep(self._backoff(min(restarts, 6)))
             except Exception as exc:
                 restarts += 1
                 self.metrics.restarts.labels(loop=self.name).inc()
@@ -227,8 +247,11 @@ class TransactionalLoop:
             for tp in new:
                 self.producers[tp] = self._new_producer(tp)
             # init_transactions: fences the previous owner's producer (same id) and aborts
-            # the transaction it left open
-            await asyncio.gather(*(self.producers[tp].start() for tp in new))
+            # the transaction it left open (bounded: a timeout restarts the loop)
+            await asyncio.wait_for(
+                asyncio.gather(*(self.producers[tp].start() for tp in new)),
+                self.commit_timeout_s,
+            )
             if consumer is not None and assigned:
                 # read after the fence: the previous owner cannot commit any more, and a
                 # commit it completed before the fence is in this offset
@@ -249,10 +272,28 @@ class TransactionalLoop:
             )
 
     async def _close_producer(self, tp: TopicPartition) -> None:
+        """Stop the partition's producer, bounded: ``stop`` flushes first, which never ends
+        when the producer's sender task is stuck; the sender task is then cancelled and the
+        connections closed."""
         producer = self.producers.pop(tp, None)
-        if producer is not None:
+        if producer is None:
+            return
+        try:
+            await asyncio.wait_for(producer.stop(), self.commit_timeout_s)
+        except (Exception, asyncio.CancelledError) as exc:
+            if isinstance(exc, asyncio.CancelledError) and _cancelling():
+                raise
+            self.log.warning(
+                "producer_stop_failed",
+                partition=tp.partition,
+                error_class=type(exc).__name__,
+                error=str(exc)[:300],
+            )
+            task = _sender_task(producer)
+            if task is not None and not task.done():
+                task.cancel()
             with contextlib.suppress(Exception):
-                await producer.stop()
+                await asyncio.wait_for(producer.client.close(), 5.0)
 
     # ----------------------------------------------------------------- the loop
 
@@ -288,7 +329,7 @@ class TransactionalLoop:
                     await self._handle_batch(batch)
         finally:
             with contextlib.suppress(Exception):
-                await consumer.stop()
+                await asyncio.wait_for(consumer.stop(), self.commit_timeout_s)
             self._consumer = None
             for tp in list(self.producers):
                 await self._close_producer(tp)
@@ -337,9 +378,7 @@ class TransactionalLoop:
             except (RetryableError, KafkaError, OSError) as exc:
                 attempt += 1
                 self.metrics.retries.labels(loop=self.name).inc()
-                if getattr(producer, "_txn_manager", None) is not None and (
-                    producer._txn_manager.is_fatal_error()
-                ):
+                if _producer_broken(producer):
                     raise LoopFenced(f"producer in fatal state: {exc}") from exc
                 if attempt >= self.retry_attempts:
                     raise
@@ -369,23 +408,66 @@ class TransactionalLoop:
         offsets: dict[TopicPartition, int],
         generation: int,
     ) -> None:
+        """One transaction: the outputs and the input offsets, all or nothing, within
+        ``commit_timeout_s``.
+
+        Raises ``_Revoked`` (aborted), ``LoopFenced`` (the producer is unusable: dead sender
+        task, fatal state, timeout, failed abort) or the transient error after an abort."""
         if generation != self.generation:
             raise _Revoked
+        if _producer_broken(producer):
+            raise LoopFenced("the producer's sender task is dead or the producer is fatal")
         # counted in flight from here (no await in between): a revoke now waits for us
         self._inflight += 1
         self.idle.clear()
         try:
-            async with producer.transaction():
-                futures = await self._send_all(producer, result)
-                if futures:
-                    await asyncio.gather(*futures)
-                if generation != self.generation:
-                    raise _Revoked
-                await producer.send_offsets_to_transaction(offsets, self.group_id)
+            async with asyncio.timeout(self.commit_timeout_s):
+                await self._transaction(producer, result, offsets, generation)
+        except TimeoutError as exc:
+            raise LoopFenced(
+                f"transaction not done within {self.commit_timeout_s}s "
+                f"(sender task dead: {_sender_dead(producer)})"
+            ) from exc
         finally:
             self._inflight -= 1
             if self._inflight == 0:
                 self.idle.set()
+
+    async def _transaction(
+        self,
+        producer: AIOKafkaProducer,
+        result: BatchResult,
+        offsets: dict[TopicPartition, int],
+        generation: int,
+    ) -> None:
+        """begin, send, offsets, commit; abort after an error (not aiokafka's
+        ``transaction()`` context manager: its abort is an unbounded await of its own, and
+        it skips the abort silently in states where it cannot abort)."""
+        await producer.begin_transaction()
+        try:
+            futures = await self._send_all(producer, result)
+            if futures:
+                await asyncio.gather(*futures)
+            if generation != self.generation:
+                raise _Revoked
+            await producer.send_offsets_to_transaction(offsets, self.group_id)
+            await producer.commit_transaction()
+        except Exception as exc:
+            # CancelledError (the timeout) is not caught: no abort on a producer that
+            # did not answer in time; the loop restarts and the next producer aborts
+            state = producer._txn_manager.state
+            if _sender_dead(producer) or state not in (
+                TransactionState.IN_TRANSACTION,
+                TransactionState.ABORTABLE_ERROR,
+            ):
+                raise LoopFenced(
+                    f"transaction failed in state {state.name}: {type(exc).__name__}: {exc}"
+                ) from exc
+            try:
+                await producer.abort_transaction()
+            except Exception as abort_exc:
+                raise LoopFenced(f"abort failed: {type(abort_exc).__name__}: {abort_exc}") from exc
+            raise
 
     async def _send_all(
         self, producer: AIOKafkaProducer, result: BatchResult
@@ -431,3 +513,26 @@ class TransactionalLoop:
             if builder.record_count():
                 futures.append(await producer.send_batch(builder, topic, partition=partition))
         return futures
+
+
+def _sender_task(producer: AIOKafkaProducer) -> asyncio.Task[None] | None:
+    """The producer's background sender task (aiokafka 0.14: ``Sender.sender_task``)."""
+    sender = getattr(producer, "_sender", None)
+    return getattr(sender, "sender_task", None)
+
+
+def _sender_dead(producer: AIOKafkaProducer) -> bool:
+    """The sender task ended (error or cancel): no request of the producer completes."""
+    task = _sender_task(producer)
+    return task is not None and task.done()
+
+
+def _producer_broken(producer: AIOKafkaProducer) -> bool:
+    txn = getattr(producer, "_txn_manager", None)
+    return _sender_dead(producer) or (txn is not None and txn.is_fatal_error())
+
+
+def _cancelling() -> bool:
+    """Whether the current task itself is being cancelled (not a task it awaited)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

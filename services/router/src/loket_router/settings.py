@@ -22,6 +22,12 @@ class RouterSettings(BaseServiceSettings):
     retry_backoff_s: float = 0.2
     retry_backoff_max_s: float = 5.0
     transaction_timeout_ms: int = 60000
+    #: Bound of one transaction of a loop, from the first send to the end of the commit
+    #: (or abort), and of starting/stopping a producer. A transaction not done by then is
+    #: given up: the loop restarts with new producers (docs/reliability.md B5: a producer
+    #: whose aiokafka sender task died never completes a request again). Well below
+    #: ``transaction_timeout_ms``, so the broker has not aborted the transaction yet.
+    transaction_commit_timeout_s: float = 30.0
     #: Producer linger. 0: a unit's outputs are appended as whole record batches
     #: (``send_batch``) before the transaction awaits anything, so lingering batches
     #: nothing more; it only delayed every transaction's produce by this many ms
