@@ -90,3 +90,21 @@ def test_json_logging(capsys: pytest.CaptureFixture[str]) -> None:
     finally:
         root.handlers, root.level = saved
         structlog.reset_defaults()
+
+
+def test_logging_below_level_is_dropped_before_processing(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    try:
+        configure_logging(BaseServiceSettings(service_name="unit", log_level="WARNING"))
+        log = get_logger("t")
+        log.info("not shown", case_id="c1")
+        log.warning("shown", case_id="c2")
+        lines = capsys.readouterr().out.strip().splitlines()
+        events = [json.loads(line)["event"] for line in lines]
+        assert events == ["shown"]
+    finally:
+        root.handlers, root.level = saved
+        structlog.reset_defaults()
