@@ -37,6 +37,15 @@ Transient errors (Kafka, Redis) retry the unit with exponential backoff; after
 offsets). ``ProducerFenced`` (another owner took the partition's transactional id) and a
 failed assignment (a producer could not be fenced in) restart too.
 
+Units without outputs cost no transaction of their own: a unit that publishes nothing and
+marks nothing done (most re-route inputs: offers, accepts, responses the router does not
+act on) only advances its partition's *deferred* offset. The next transaction of that
+partition commits it with its own (later) offset; a deferred offset no transaction took
+along within ``defer_offsets_s`` is committed in an offsets-only transaction, and so are
+all of them when the loop stops. A revoke or a restart drops them: the next owner reads
+those records again, and they produce nothing again (outputs and done markers only come
+with a transaction). ``defer_offsets_s=0`` commits every unit at once.
+
 Bounded waits (docs/reliability.md B5): aiokafka runs all requests of a producer in one
 background "sender" task; once that task is dead (it died on an unexpected error, e.g. a
 connection error while a broker restarts, or was cancelled) nothing completes a pending
@@ -116,6 +125,7 @@ class TransactionalLoop:
         retry_backoff_max_s: float = 5.0,
         transaction_timeout_ms: int = 60000,
         commit_timeout_s: float = 30.0,
+        defer_offsets_s: float = 1.0,
         linger_ms: int = 5,
         session_timeout_ms: int = 10000,
         heartbeat_interval_ms: int = 3000,
@@ -138,6 +148,10 @@ class TransactionalLoop:
         self.retry_backoff_max_s = retry_backoff_max_s
         self.transaction_timeout_ms = transaction_timeout_ms
         self.commit_timeout_s = commit_timeout_s
+        self.defer_offsets_s = defer_offsets_s
+        #: input partition -> (offset to commit, since when, generation) of units that
+        #: had nothing to publish (committed with the partition's next transaction)
+        self._deferred: dict[TopicPartition, tuple[int, float, int]] = {}
         self.linger_ms = linger_ms
         self.session_timeout_ms = session_timeout_ms
         self.heartbeat_interval_ms = heartbeat_interval_ms
@@ -327,6 +341,10 @@ class TransactionalLoop:
                     raise LoopFenced(f"partition take-over failed: {self._assign_error}")
                 if batch:
                     await self._handle_batch(batch)
+                if self._deferred:
+                    await self._flush_deferred(time.monotonic() - self.defer_offsets_s)
+            if self._deferred:  # stopping: commit what is still deferred (bounded)
+                await self._flush_deferred(float("inf"))
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(consumer.stop(), self.commit_timeout_s)
@@ -366,9 +384,16 @@ class TransactionalLoop:
                     now = await self.store.withdrawals(result.recheck)
                     if any(now.get(cid, {}) != seen for cid, seen in result.recheck.items()):
                         raise RetryableError("consent withdrawn while routing: redo the batch")
+                if self.defer_offsets_s > 0 and not result.outgoing and not result.markers:
+                    # nothing to publish: no transaction now (see module docstring)
+                    since = self._deferred.get(tp, (0, time.monotonic(), generation))[1]
+                    self._deferred[tp] = (offsets[tp], since, generation)
+                    elapsed: float | None = None
+                    break
                 started = time.perf_counter()
                 await self._commit(producer, result, offsets, generation)
                 elapsed = time.perf_counter() - started
+                self._deferred.pop(tp, None)  # committed along (a later offset)
                 break
             except _Revoked:
                 self.log.info("batch_aborted_on_revoke", records=len(records))
@@ -400,6 +425,28 @@ class TransactionalLoop:
             self.log.warning("done_markers_not_written", error=str(exc)[:300])
         if self.on_commit is not None:
             await self.on_commit(result)
+
+    async def _flush_deferred(self, older_than: float) -> None:
+        """Commit deferred offsets that waited since before ``older_than`` (monotonic),
+        each in an offsets-only transaction of its partition's producer; offsets of an
+        earlier generation (revoked since) are dropped."""
+        for tp, (offset, since, generation) in list(self._deferred.items()):
+            if generation != self.generation or tp not in self.producers:
+                self._deferred.pop(tp, None)
+                continue
+            if since > older_than:
+                continue
+            try:
+                await self._commit(self.producers[tp], BatchResult(), {tp: offset}, generation)
+            except _Revoked:
+                pass
+            except (RetryableError, KafkaError, OSError) as exc:
+                if _producer_broken(self.producers[tp]):
+                    raise LoopFenced(f"producer in fatal state: {exc}") from exc
+                self.log.warning("deferred_offsets_not_committed", error_class=type(exc).__name__)
+                continue  # retried on the next poll
+            if self._deferred.get(tp, (None,))[0] == offset:
+                self._deferred.pop(tp, None)
 
     async def _commit(
         self,

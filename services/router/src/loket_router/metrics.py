@@ -83,7 +83,8 @@ class RouterMetrics:
             registry=registry,
         )
 
-    def committed(self, loop: str, stats: Stats, records: int, seconds: float) -> None:
+    def committed(self, loop: str, stats: Stats, records: int, seconds: float | None) -> None:
+        """Count a done unit; ``seconds`` None: no transaction of its own (offsets deferred)."""
         self.questions_routed.inc(stats.routed)
         for agency, n in stats.deliveries.items():
             self.deliveries.labels(agency=agency).inc(n)
@@ -95,5 +96,6 @@ class RouterMetrics:
             self.duplicates.labels(loop=loop).inc(stats.duplicates)
         self.erasures.inc(stats.erasures)
         self.unknown_cases.inc(stats.unknown_cases)
-        self.transaction_seconds.labels(loop=loop).observe(seconds)
+        if seconds is not None:
+            self.transaction_seconds.labels(loop=loop).observe(seconds)
         self.batch_records.labels(loop=loop).observe(records)

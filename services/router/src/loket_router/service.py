@@ -79,6 +79,7 @@ class RouterService:
                 retry_backoff_max_s=settings.retry_backoff_max_s,
                 transaction_timeout_ms=settings.transaction_timeout_ms,
                 commit_timeout_s=settings.transaction_commit_timeout_s,
+                defer_offsets_s=settings.deferred_offsets_max_s,
                 linger_ms=settings.producer_linger_ms,
                 session_timeout_ms=settings.consumer_session_timeout_ms,
                 heartbeat_interval_ms=settings.consumer_heartbeat_interval_ms,

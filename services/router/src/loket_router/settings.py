@@ -28,6 +28,10 @@ class RouterSettings(BaseServiceSettings):
     #: whose aiokafka sender task died never completes a request again). Well below
     #: ``transaction_timeout_ms``, so the broker has not aborted the transaction yet.
     transaction_commit_timeout_s: float = 30.0
+    #: A unit (input partition of a poll) with nothing to publish gets no transaction:
+    #: its offset is committed with the partition's next transaction, or on its own after
+    #: this many seconds (0: every unit commits at once). See loket_router.loop.
+    deferred_offsets_max_s: float = 1.0
     #: Producer linger. 0: a unit's outputs are appended as whole record batches
     #: (``send_batch``) before the transaction awaits anything, so lingering batches
     #: nothing more; it only delayed every transaction's produce by this many ms

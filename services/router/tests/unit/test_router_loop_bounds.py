@@ -1,4 +1,5 @@
-"""TransactionalLoop: every wait on a producer is bounded (docs/reliability.md B5).
+"""TransactionalLoop: every wait on a producer is bounded (docs/reliability.md B5);
+units with nothing to publish defer their offsets instead of committing a transaction.
 
 A fake transactional producer stands in for aiokafka's: its "sender task" is a real
 asyncio task the tests end or leave hanging, its requests are futures the tests leave
@@ -8,6 +9,7 @@ pending. The real-Kafka proof is ``integration/test_router_sender_death.py``.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -201,3 +203,60 @@ async def test_a_stray_cancel_from_a_producer_does_not_end_the_loop() -> None:
     loop.producers[TP] = producer  # type: ignore[assignment]
     await loop._close_producer(TP)
     assert producer.client.closed
+
+
+class _Rec:
+    def __init__(self, offset: int) -> None:
+        self.topic, self.partition, self.offset = TP.topic, TP.partition, offset
+        self.key, self.value, self.headers = b"k", b"{}", []
+
+
+class _Store:
+    async def write(self, writes: Any) -> None:
+        return None
+
+    async def mark_done(self, markers: Any) -> None:
+        return None
+
+
+async def test_a_unit_without_outputs_defers_its_offset_to_the_next_transaction() -> None:
+    loop, producer = make_loop(), FakeProducer()
+    loop.store = _Store()  # type: ignore[assignment]
+    loop.producers[TP] = producer  # type: ignore[assignment]
+    offsets: list[Any] = []
+
+    async def send_offsets(o: Any, group_id: str) -> None:
+        offsets.append(dict(o))
+
+    producer.send_offsets_to_transaction = send_offsets  # type: ignore[method-assign]
+    await loop._handle_unit(TP, [_Rec(0), _Rec(1)], loop.generation)  # type: ignore[list-item]
+    assert producer.calls == [] and loop._deferred[TP][0] == 2  # no transaction
+    await loop._flush_deferred(time.monotonic() - 60)  # not due yet
+    assert producer.calls == []
+    # a unit with an output commits its later offset, which covers the deferred one
+    from loket_router.handlers import Outgoing
+    from loket_schemas.kafka import KafkaRecord
+
+    async def one_output(records: Any) -> BatchResult:
+        return BatchResult(outgoing=[Outgoing("out", KafkaRecord(b"k", b"v", ()))])
+
+    async def no_send(producer: Any, result: Any) -> list[Any]:
+        return []
+
+    loop.processor.process = one_output  # type: ignore[method-assign]
+    loop._send_all = no_send  # type: ignore[method-assign]
+    await loop._handle_unit(TP, [_Rec(2)], loop.generation)  # type: ignore[list-item]
+    assert offsets == [{TP: 3}] and TP not in loop._deferred
+
+
+async def test_deferred_offsets_are_committed_when_due_and_dropped_after_a_revoke() -> None:
+    loop, producer = make_loop(), FakeProducer()
+    loop.store = _Store()  # type: ignore[assignment]
+    loop.producers[TP] = producer  # type: ignore[assignment]
+    await loop._handle_unit(TP, [_Rec(5)], loop.generation)  # type: ignore[list-item]
+    await loop._flush_deferred(float("inf"))
+    assert producer.calls == ["begin", "offsets", "commit"] and not loop._deferred
+    await loop._handle_unit(TP, [_Rec(6)], loop.generation)  # type: ignore[list-item]
+    loop.generation += 1  # revoked: the next owner reads record 6 again
+    await loop._flush_deferred(float("inf"))
+    assert producer.calls == ["begin", "offsets", "commit"] and not loop._deferred
