@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, KafkaTimeoutError
 from faststream import BaseMiddleware
@@ -174,3 +175,73 @@ async def _wait_for_leaders(admin: AIOKafkaAdminClient, names: list[str], timeou
             raise TimeoutError(f"topics without leaders after {timeout}s: {pending}")
         await asyncio.sleep(delay)  # broker-side state change; no event to await
         delay = min(delay * 2, 0.5)
+
+
+# --------------------------------------------------------------- producer replacement
+
+
+def needs_new_producer(exc: BaseException) -> bool:
+    """True when a publish error means the producer cannot be trusted to deliver again.
+
+    aiokafka's idempotent producer gives every batch a sequence number when it drains it.
+    A batch that then fails for good (expired while its partition had no leader after a
+    broker restart, rejected by the broker, ...) leaves a gap: every later batch on that
+    partition gets ``OutOfOrderSequenceNumber``, forever, and aiokafka (unlike the Java
+    client) never resets the sequence or bumps the epoch. ``UnknownProducerId``,
+    ``ProducerFenced``/``InvalidProducerEpoch`` and ``ProducerClosed`` are as final. So
+    any Kafka error that reaches a publish, except a timeout (the record is still queued
+    and may land), means: replace the producer. (Retriable errors never get here: the
+    idempotent producer retries them itself.) Used by intake and handoff
+    (docs/reliability.md, B3 and B4).
+    """
+    if isinstance(exc, KafkaTimeoutError | TimeoutError):
+        return False
+    return isinstance(exc, KafkaError)
+
+
+async def stop_producer(producer: AIOKafkaProducer, within: float) -> None:
+    """Stop a producer (flushing what it still holds), bounded by ``within`` seconds;
+    a timeout or an error is logged, never raised."""
+    try:
+        await asyncio.wait_for(producer.stop(), within)
+    except TimeoutError:
+        log.error("kafka producer did not stop within %ss", within)
+    except Exception as exc:
+        log.warning("kafka producer stop failed: %s", type(exc).__name__)
+
+
+async def start_replacement_producer(
+    new_producer: Callable[[], AIOKafkaProducer],
+    *,
+    closed: Callable[[], bool],
+    start_timeout_s: float = 10.0,
+    on_failed_start: Callable[[int, BaseException], None] | None = None,
+) -> tuple[AIOKafkaProducer, int] | None:
+    """Start a replacement producer: ``new_producer()`` then ``start()`` (bounded by
+    ``start_timeout_s``), again with back-off (0.2 s doubling to 5 s) until one starts.
+
+    Returns the started producer and the number of attempts, or None once ``closed()``
+    (shutdown; nothing left running). A cancel stops the producer being started.
+    """
+    delay = 0.2
+    attempt = 0
+    while not closed():
+        attempt += 1
+        new = new_producer()
+        try:
+            await asyncio.wait_for(new.start(), start_timeout_s)
+        except asyncio.CancelledError:
+            await stop_producer(new, 5.0)
+            raise
+        except Exception as exc:
+            if on_failed_start is not None:
+                on_failed_start(attempt, exc)
+            await stop_producer(new, 5.0)
+            await asyncio.sleep(delay)  # back-off before the next attempt
+            delay = min(delay * 2, 5.0)
+            continue
+        if closed():
+            await stop_producer(new, 5.0)
+            return None
+        return new, attempt
+    return None

@@ -25,12 +25,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError, KafkaTimeoutError
+from aiokafka.errors import KafkaError
 
 from loket_handoff.errors import Retryable
 from loket_handoff.handlers import HandoffService
 from loket_handoff.rebuild import PROJECTED
 from loket_handoff.store import LoadedCase
+from loket_runtime.kafka import needs_new_producer, start_replacement_producer, stop_producer
 from loket_schemas import topics
 from loket_schemas.events import (
     AcceptHandoff,
@@ -64,30 +65,16 @@ COMMANDS: tuple[type[Message], ...] = (
 )
 
 
-def needs_new_producer(exc: BaseException) -> bool:
-    """True when a publish error means the producer cannot be trusted to deliver again.
-
-    aiokafka's idempotent producer never resets a partition's sequence: after a batch
-    failed for good (e.g. expired while the partition had no leader during a broker
-    restart), every later batch on that partition gets ``OutOfOrderSequenceNumber``;
-    ``UnknownProducerId``, ``ProducerFenced`` and ``ProducerClosed`` are as final. So any
-    Kafka error except a timeout (the record is still queued and may land) means: replace
-    the producer (same rule as intake's ``ProducerSupervisor``, docs/reliability.md B3).
-    """
-    if isinstance(exc, KafkaTimeoutError | TimeoutError):
-        return False
-    return isinstance(exc, KafkaError)
-
-
 class KafkaPublisher:
     """Publishes on loket.handoffs.v1 (and the DLQ) with the CloudEvents binding.
 
     Raw aiokafka producer with ``acks="all"`` and idempotence, started in the app
     lifespan. Every publish returns only after the broker ack; an ack that does not come
     within ``timeout_s`` (Kafka down) raises :class:`Retryable` (loudly, nothing dropped).
-    A Kafka error that leaves the producer broken (:func:`needs_new_producer`) starts a
-    replacement in the background: a new producer is started, then installed, the old one
-    stopped (bounded); publishes meanwhile raise :class:`Retryable` having sent nothing.
+    A Kafka error that leaves the producer broken (``loket_runtime.kafka``
+    ``needs_new_producer``, the rule intake uses too) starts a replacement in the
+    background: a new producer is started, then installed, the old one stopped (bounded);
+    publishes meanwhile raise :class:`Retryable` having sent nothing.
     """
 
     def __init__(
@@ -138,7 +125,7 @@ class KafkaPublisher:
             await asyncio.gather(self._replacing, return_exceptions=True)
         producer, self.producer = self.producer, None
         if producer is not None:
-            await _stop_producer(producer, timeout_s)
+            await stop_producer(producer, timeout_s)
         if self._retiring:
             await asyncio.gather(*self._retiring, return_exceptions=True)
 
@@ -159,36 +146,27 @@ class KafkaPublisher:
         )
 
     async def _replace(self, old: AIOKafkaProducer) -> None:
-        delay = 0.2
-        attempt = 0
-        while not self._closed:
-            attempt += 1
-            new = self._new_producer()
-            try:
-                await asyncio.wait_for(new.start(), self.start_timeout_s)
-            except asyncio.CancelledError:
-                await _stop_producer(new, 5.0)
-                raise
-            except Exception as exc:
-                if self.log is not None:
-                    self.log.warning(
-                        "kafka_producer_start_failed", attempt=attempt, error=type(exc).__name__
-                    )
-                await _stop_producer(new, 5.0)
-                await asyncio.sleep(delay)  # back-off before the next attempt
-                delay = min(delay * 2, 5.0)
-                continue
-            if self._closed:
-                await _stop_producer(new, 5.0)
-                return
-            self.producer = new
-            self.replacements += 1
+        def failed_start(attempt: int, exc: BaseException) -> None:
             if self.log is not None:
-                self.log.warning("kafka_producer_replaced", attempts=attempt)
-            retire = asyncio.get_running_loop().create_task(_stop_producer(old, 30.0))
-            self._retiring.add(retire)
-            retire.add_done_callback(self._retiring.discard)
+                self.log.warning(
+                    "kafka_producer_start_failed", attempt=attempt, error=type(exc).__name__
+                )
+
+        started = await start_replacement_producer(
+            self._new_producer,
+            closed=lambda: self._closed,
+            start_timeout_s=self.start_timeout_s,
+            on_failed_start=failed_start,
+        )
+        if started is None:
             return
+        self.producer, attempts = started
+        self.replacements += 1
+        if self.log is not None:
+            self.log.warning("kafka_producer_replaced", attempts=attempts)
+        retire = asyncio.get_running_loop().create_task(stop_producer(old, 30.0))
+        self._retiring.add(retire)
+        retire.add_done_callback(self._retiring.discard)
 
     async def publish(self, message: Message, *, event_id: str, trace: TraceContext | None) -> None:
         await self.publish_many([(message, event_id, trace)])
@@ -226,12 +204,6 @@ class KafkaPublisher:
         except KafkaError as exc:
             self._broken(producer, exc)
             raise Retryable(f"publish to {topic!r} failed: {type(exc).__name__}: {exc}") from exc
-
-
-async def _stop_producer(producer: AIOKafkaProducer, within: float) -> None:
-    """Stop a producer (flushing what it still holds), bounded by ``within`` seconds."""
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(producer.stop(), within)
 
 
 class DlqPublisher:

@@ -5,7 +5,7 @@ intake consumes nothing; it publishes ``QuestionReceived`` on ``loket.questions.
 ``Publishers.questions`` / ``Publishers.consent`` (FastStream's ``TestKafkaBroker`` mocks).
 
 :class:`ProducerSupervisor` replaces the broker's aiokafka producer when it can no longer
-deliver (see :func:`needs_new_producer`).
+deliver (see :func:`loket_runtime.kafka.needs_new_producer`).
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError, KafkaTimeoutError
 from faststream.kafka import KafkaBroker
 from faststream.kafka.publisher.producer import AioKafkaFastProducerImpl
 from faststream.kafka.publisher.state import RealProducer
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from loket_runtime.kafka import needs_new_producer, start_replacement_producer, stop_producer
 from loket_runtime.logging import get_logger
 from loket_runtime.service import ServiceRuntime
 from loket_schemas import topics
@@ -36,24 +36,6 @@ class PublishTimeout(TimeoutError):
 
 class ProducerUnavailable(RuntimeError):
     """The Kafka producer is being replaced: nothing was sent, retry shortly."""
-
-
-def needs_new_producer(exc: BaseException) -> bool:
-    """True when a publish error means the producer cannot be trusted to deliver again.
-
-    aiokafka's idempotent producer gives every batch a sequence number when it drains it.
-    A batch that then fails for good (expired while its partition had no leader after a
-    broker restart, rejected by the broker, ...) leaves a gap: every later batch on that
-    partition gets ``OutOfOrderSequenceNumber``, forever, and aiokafka (unlike the Java
-    client) never resets the sequence or bumps the epoch. ``UnknownProducerId``,
-    ``ProducerFenced``/``InvalidProducerEpoch`` and ``ProducerClosed`` are as final. So
-    any Kafka error that reaches a publish, except a timeout (the record is still queued
-    and may land), means: replace the producer. (Retriable errors never get here: the
-    idempotent producer retries them itself.)
-    """
-    if isinstance(exc, KafkaTimeoutError | TimeoutError):
-        return False
-    return isinstance(exc, KafkaError)
 
 
 class ProducerSupervisor:
@@ -142,54 +124,34 @@ class ProducerSupervisor:
         return self.broker.config.producer
 
     async def _replace(self) -> None:
-        delay = 0.2
-        attempt = 0
-        while not self._closed:
-            attempt += 1
-            new = AIOKafkaProducer(**self.broker._connection_kwargs)
-            try:
-                await asyncio.wait_for(new.start(), self.start_timeout_s)
-            except asyncio.CancelledError:
-                await self._stop(new, 5.0)
-                raise
-            except Exception as exc:
-                log.warning(
-                    "kafka_producer_start_failed", attempt=attempt, error=type(exc).__name__
-                )
-                await self._stop(new, 5.0)
-                await asyncio.sleep(delay)  # back-off before the next attempt
-                delay = min(delay * 2, 5.0)
-                continue
-            if self._closed:
-                await self._stop(new, 5.0)
-                return
-            fast = self._fast_producer()
-            state = getattr(fast, "_producer", None)
-            old = state.producer if isinstance(state, RealProducer) else None
-            fast._producer = RealProducer(new)
-            self.replacements += 1
-            if self._counter is not None:
-                self._counter.inc()
-            if self._ready_gauge is not None:
-                self._ready_gauge.set(1)
-            log.warning("kafka_producer_replaced", generation=self.generation, attempts=attempt)
-            if old is not None:
-                retire = asyncio.get_running_loop().create_task(
-                    self._stop(old, self.stop_timeout_s), context=contextvars.Context()
-                )
-                self._retiring.add(retire)
-                retire.add_done_callback(self._retiring.discard)
-            return
+        def failed_start(attempt: int, exc: BaseException) -> None:
+            log.warning("kafka_producer_start_failed", attempt=attempt, error=type(exc).__name__)
 
-    @staticmethod
-    async def _stop(producer: AIOKafkaProducer, within: float) -> None:
-        """Stop a producer (flushing what it still holds), bounded by ``within`` seconds."""
-        try:
-            await asyncio.wait_for(producer.stop(), within)
-        except TimeoutError:
-            log.error("kafka_producer_stop_timeout", timeout_s=within)
-        except Exception as exc:
-            log.warning("kafka_producer_stop_failed", error=type(exc).__name__)
+        started = await start_replacement_producer(
+            lambda: AIOKafkaProducer(**self.broker._connection_kwargs),
+            closed=lambda: self._closed,
+            start_timeout_s=self.start_timeout_s,
+            on_failed_start=failed_start,
+        )
+        if started is None:
+            return
+        new, attempts = started
+        fast = self._fast_producer()
+        state = getattr(fast, "_producer", None)
+        old = state.producer if isinstance(state, RealProducer) else None
+        fast._producer = RealProducer(new)
+        self.replacements += 1
+        if self._counter is not None:
+            self._counter.inc()
+        if self._ready_gauge is not None:
+            self._ready_gauge.set(1)
+        log.warning("kafka_producer_replaced", generation=self.generation, attempts=attempts)
+        if old is not None:
+            retire = asyncio.get_running_loop().create_task(
+                stop_producer(old, self.stop_timeout_s), context=contextvars.Context()
+            )
+            self._retiring.add(retire)
+            retire.add_done_callback(self._retiring.discard)
 
     async def close(self) -> None:
         """Stop replacing (shutdown); wait for old producers to finish stopping."""
