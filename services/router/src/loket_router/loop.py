@@ -207,16 +207,12 @@ class TransactionalLoop:
             try:
                 await self._run()
                 restarts = 0
-            except asyncio.CancelledError as exc:
-                if _cancelling():
+            except (Exception, asyncio.CancelledError) as exc:
+                # a CancelledError that is not our own cancel: a library's task was
+                # cancelled under us (e.g. a producer's sender task); restart instead of
+                # ending the loop for good
+                if isinstance(exc, asyncio.CancelledError) and _cancelling():
                     raise
-                # not our own cancel: a library's task was cancelled under us (e.g. a
-                # producer's sender task); restart instead of ending the loop for good
-                restarts += 1
-                self.metrics.restarts.labels(loop=self.name).inc()
-                self.log.warning("loop_restart", error_class="CancelledError", error=str(exc))
-                await asyncio.sleep(self._backoff(min(restarts, 6)))
-            except Exception as exc:
                 restarts += 1
                 self.metrics.restarts.labels(loop=self.name).inc()
                 self.log.warning(
