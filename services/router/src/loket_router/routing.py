@@ -244,17 +244,31 @@ def _one_edit(a: str, b: str) -> bool:
     )
 
 
+def _stripped(text: str) -> str:
+    """Lower case, without diacritics (NFKD, combining marks dropped) and apostrophes."""
+    if text.isascii():
+        # NFKD leaves ASCII as it is and ASCII has no combining marks (the fast path)
+        stripped = text.lower()
+        if "'" in stripped or "`" in stripped:
+            stripped = _APOSTROPHES.sub("", stripped)
+        return stripped
+    decomposed = unicodedata.normalize("NFKD", text)
+    if not decomposed.isascii():
+        # drop every combining mark (all of them are non-ASCII), each distinct one once
+        for ch in set(decomposed):
+            if unicodedata.combining(ch):
+                decomposed = decomposed.replace(ch, "")
+    return _APOSTROPHES.sub("", decomposed.lower())
+
+
 def normalise(text: str) -> str:
     """Lower case, without diacritics and apostrophes, punctuation as single spaces."""
-    decomposed = unicodedata.normalize("NFKD", text)
-    stripped = "".join(ch for ch in decomposed if not unicodedata.combining(ch)).lower()
-    stripped = _APOSTROPHES.sub("", stripped)
-    return " ".join(_TOKEN.findall(stripped))
+    return " ".join(_TOKEN.findall(_stripped(text)))
 
 
 def tokenize(text: str) -> list[str]:
-    """Normalised words of a text."""
-    return normalise(text).split()
+    """Normalised words of a text (``normalise(text).split()``)."""
+    return _TOKEN.findall(_stripped(text))
 
 
 @lru_cache(maxsize=65536)
@@ -309,6 +323,15 @@ class _Phrase:
     weight: float
     named: bool
     lang: str | None = None  # "nl" or "en" when listed for one language only
+    #: the reason texts of a match: plain (or "(named)" for a name), and "(mentioned)"
+    reason: str = field(init=False, repr=False, compare=False)
+    reason_mentioned: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        suffix = " (named)" if self.named else ""
+        code = self.agency.value
+        object.__setattr__(self, "reason", f"{self.label}{suffix} -> {code}")
+        object.__setattr__(self, "reason_mentioned", f"{self.label} (mentioned) -> {code}")
 
 
 @dataclass
@@ -317,6 +340,14 @@ class _Score:
     reasons: list[str] = field(default_factory=list)
     seen: dict[tuple[str, ...], int] = field(default_factory=dict)
     first: int = -1  # atom position of the first match
+
+
+#: (length, phrases in bucket order, {second atom: ((bucket position, phrase), ...)})
+_Group = tuple[int, tuple[_Phrase, ...], dict[str, tuple[tuple[int, _Phrase], ...]]]
+
+
+def _position(item: tuple[int, _Phrase]) -> int:
+    return item[0]
 
 
 @dataclass(frozen=True)
@@ -413,6 +444,8 @@ class RoutingEngine:
                 for variant in _deletions(atom):
                     self._fuzzy.setdefault(variant, set()).add(atom)
         self._split_cache: dict[str, tuple[str, ...]] = {}
+        #: normalised word -> its atoms (function words stay whole), see _atoms_and_sentences
+        self._word_atoms: dict[str, tuple[str, ...]] = {}
         best: dict[tuple[AgencyCode, tuple[str, ...]], _Phrase] = {}
         for code, phrase, weight, named, lang in raw:
             atoms = tuple(self.atoms(phrase))
@@ -473,6 +506,31 @@ class RoutingEngine:
             self.index.setdefault(phrase_obj.atoms[0], []).append(phrase_obj)
         for bucket in self.index.values():
             bucket.sort(key=lambda p: -len(p.atoms))
+        # The matcher's view of the index: per first atom, the phrases grouped by length,
+        # longest first; in a group of longer phrases, by their second atom, each with its
+        # position in the bucket (see _match_groups).
+        self._groups: dict[str, tuple[_Group, ...]] = {}
+        for first, bucket in self.index.items():
+            by_length: dict[int, list[tuple[int, _Phrase]]] = {}
+            for position, phrase_obj in enumerate(bucket):
+                by_length.setdefault(len(phrase_obj.atoms), []).append((position, phrase_obj))
+            phrase_groups: list[_Group] = []
+            for length, members in sorted(by_length.items(), reverse=True):
+                by_second: dict[str, list[tuple[int, _Phrase]]] = {}
+                if length > 1:
+                    for position, phrase_obj in members:
+                        by_second.setdefault(phrase_obj.atoms[1], []).append((position, phrase_obj))
+                phrase_groups.append(
+                    (
+                        length,
+                        tuple(p for _, p in members),
+                        {atom: tuple(items) for atom, items in by_second.items()},
+                    )
+                )
+            self._groups[first] = tuple(phrase_groups)
+        # Reporting verbs by head word: the particle lists of the verbs with that head.
+        self._say_heads = _heads(self.say_verbs)
+        self._speaker_heads = _heads((*self.say_verbs, *self.refer_verbs))
 
     @staticmethod
     def _verbs(entries: Iterable[str]) -> tuple[_Verb, ...]:
@@ -546,52 +604,87 @@ class RoutingEngine:
         """Atoms of a text and, per atom, the number of its sentence."""
         out: list[str] = []
         sentence: list[int] = []
+        word_atoms = self._word_atoms
         for number, part in enumerate(_SENTENCE_END.split(text)):
             for token in tokenize(part):
-                if token in self.function_words:
-                    parts: Sequence[str] = (token,)
+                parts = word_atoms.get(token)
+                if parts is None:
+                    if token in self.function_words:
+                        parts = (token,)
+                    else:
+                        parts = self.split_compound(token)
+                    if len(word_atoms) < 200_000:
+                        word_atoms[token] = parts
+                if len(parts) == 1:
+                    out.append(parts[0])
+                    sentence.append(number)
                 else:
-                    parts = self.split_compound(token)
-                out.extend(parts)
-                sentence.extend([number] * len(parts))
+                    out.extend(parts)
+                    sentence.extend([number] * len(parts))
         return out, sentence
 
     # ----------------------------------------------------------------- matching
 
-    def _match_at(self, atoms: Sequence[str], i: int) -> tuple[list[_Phrase], int]:
-        """Longest phrases starting at atoms[i]; returns them and the end position."""
-        bucket = self.index.get(atoms[i])
-        if not bucket:
-            return [], i + 1
-        best_len = 0
-        best_end = i + 1
-        found: list[_Phrase] = []
-        for phrase in bucket:
-            if len(phrase.atoms) < best_len:
-                break
-            end = self._phrase_end(atoms, i, phrase.atoms)
-            if end is None:
-                continue
-            if len(phrase.atoms) > best_len:
-                best_len, best_end, found = len(phrase.atoms), end, [phrase]
-            else:
-                found.append(phrase)
-        return found, best_end
+    def _match_groups(
+        self, atoms: Sequence[str], i: int, groups: tuple[_Group, ...]
+    ) -> tuple[list[_Phrase], int]:
+        """Longest phrases starting at atoms[i] (``groups``: ``self._groups[atoms[i]]``).
 
-    def _phrase_end(self, atoms: Sequence[str], i: int, want: tuple[str, ...]) -> int | None:
-        j = i
-        skips = 0
-        for k, atom in enumerate(want):
-            while j < len(atoms) and atoms[j] != atom:
-                # Stopwords in the text may be skipped between phrase atoms (not before the first).
-                if k == 0 or atoms[j] not in self.stopwords or skips >= 2:
-                    return None
-                skips += 1
-                j += 1
-            if j >= len(atoms):
-                return None
-            j += 1
-        return j
+        Returns every phrase of the longest length that matches, in index order, and the
+        end of the first of them; ``([], i + 1)`` when none matches. A phrase matches when
+        its atoms follow in order; stopwords of the text may be skipped between them (not
+        before the first), at most two per phrase.
+        """
+        n = len(atoms)
+        stopwords = self.stopwords
+        # The atoms a phrase's second atom can match: the next one, or the one after one or
+        # two stopwords (at most two skips in a phrase).
+        reach: list[str] = []
+        if i + 1 < n:
+            reach.append(atoms[i + 1])
+            if atoms[i + 1] in stopwords and i + 2 < n:
+                if atoms[i + 2] not in reach:
+                    reach.append(atoms[i + 2])
+                if atoms[i + 2] in stopwords and i + 3 < n and atoms[i + 3] not in reach:
+                    reach.append(atoms[i + 3])
+        for length, phrases, by_second in groups:
+            if length == 1:
+                # the first atom is the index key: every one-atom phrase matches here
+                return list(phrases), i + 1
+            candidates: list[tuple[int, _Phrase]] = []
+            for atom in reach:
+                hit = by_second.get(atom)
+                if hit is not None:
+                    candidates.extend(hit)
+            if not candidates:
+                continue
+            if len(candidates) > 1:
+                candidates.sort(key=_position)  # bucket order
+            found: list[_Phrase] | None = None
+            best_end = i + 1
+            for _, phrase in candidates:
+                # the first atom matches (index key); the rest may skip <= 2 stopwords
+                want = phrase.atoms
+                j = i + 1
+                skips = 0
+                for k in range(1, length):
+                    atom = want[k]
+                    while j < n and atoms[j] != atom:
+                        if skips >= 2 or atoms[j] not in stopwords:
+                            break
+                        skips += 1
+                        j += 1
+                    if j >= n or atoms[j] != atom:
+                        break
+                    j += 1
+                else:
+                    if found is None:
+                        found, best_end = [phrase], j
+                    else:
+                        found.append(phrase)
+            if found is not None:
+                return found, best_end
+        return [], i + 1
 
     def _negated(self, atoms: Sequence[str], i: int, *, named: bool) -> bool:
         """A negation before atoms[i]: names always, other phrases only with a marker.
@@ -612,21 +705,32 @@ class RoutingEngine:
             j -= 1
         return j
 
-    def _verb_at(self, atoms: Sequence[str], j: int, verbs: Sequence[_Verb]) -> bool:
-        for verb in verbs:
-            if atoms[j] == verb.head and all(
-                particle in atoms[j + 1 : j + 5] for particle in verb.particles
-            ):
+    @staticmethod
+    def _verb_here(
+        atoms: Sequence[str], j: int, heads: dict[str, tuple[tuple[str, ...], ...]]
+    ) -> bool:
+        """Whether atoms[j] is the head of one of the verbs in ``heads`` (``_heads``) whose
+        particles all follow within the next four atoms."""
+        particle_lists = heads.get(atoms[j])
+        if particle_lists is None:
+            return False
+        for particles in particle_lists:
+            if not particles:
+                return True
+            window = atoms[j + 1 : j + 5]
+            if all(particle in window for particle in particles):
                 return True
         return False
 
     def _reported(self, atoms: Sequence[str], sentence: Sequence[int]) -> list[bool]:
         """Per atom: inside a reported clause ("... zegt dat <clause>", to the sentence end)."""
-        flags = [False] * len(atoms)
-        for j in range(len(atoms)):
-            if self._verb_at(atoms, j, self.say_verbs):
+        n = len(atoms)
+        flags = [False] * n
+        heads = self._say_heads
+        for j, atom in enumerate(atoms):
+            if atom in heads and self._verb_here(atoms, j, heads):
                 k = j + 1
-                while k < len(atoms) and sentence[k] == sentence[j]:
+                while k < n and sentence[k] == sentence[j]:
                     flags[k] = True
                     k += 1
         return flags
@@ -650,14 +754,14 @@ class RoutingEngine:
         for j in range(end, min(end + 3, len(atoms))):
             if sentence[j] != sentence[i]:
                 break
-            if self._verb_at(atoms, j, self.say_verbs) or self._verb_at(atoms, j, self.refer_verbs):
+            if self._verb_here(atoms, j, self._speaker_heads):
                 return True
         return False
 
     def language(self, atoms: Sequence[str]) -> str | None:
         """The language ("nl"/"en") when its function words clearly dominate, else None."""
         counts = {
-            lang: sum(1 for a in atoms if a in markers)
+            lang: sum(map(markers.__contains__, atoms))
             for lang, markers in self.language_markers.items()
         }
         margin = self.tuning.language_margin
@@ -673,30 +777,38 @@ class RoutingEngine:
         text_lang = self.language(atoms)
         scores: dict[AgencyCode, _Score] = {}
         tuning = self.tuning
+        groups_of = self._groups.get
+        n = len(atoms)
         i = 0
-        while i < len(atoms):
-            found, end = self._match_at(atoms, i)
+        while i < n:
+            groups = groups_of(atoms[i])
+            if groups is None:  # no phrase starts with this atom
+                i += 1
+                continue
+            found, end = self._match_groups(atoms, i, groups)
             for phrase in found:
                 if self._negated(atoms, i, named=phrase.named):
                     continue
                 weight = phrase.weight
-                suffix = " (named)" if phrase.named else ""
+                reason = phrase.reason
                 if phrase.named and self._mentioned(atoms, sentence, i, end, reported):
                     weight = min(weight, tuning.mentioned_weight)
-                    suffix = " (mentioned)"
+                    reason = phrase.reason_mentioned
                 elif (
                     text_lang is not None
                     and phrase.lang not in (None, text_lang)
                     and (phrase.agency, phrase.atoms) in self.false_friends
                 ):
                     weight *= tuning.other_language
-                score = scores.setdefault(phrase.agency, _Score())
+                score = scores.get(phrase.agency)
+                if score is None:
+                    score = scores[phrase.agency] = _Score()
                 if score.first < 0:
                     score.first = i
                 seen = score.seen.get(phrase.atoms, 0)
                 if seen == 0:
                     score.total += weight
-                    score.reasons.append(f"{phrase.label}{suffix} -> {phrase.agency.value}")
+                    score.reasons.append(reason)
                 elif seen <= tuning.max_repeats:
                     score.total += weight * tuning.repeat_factor
                 score.seen[phrase.atoms] = seen + 1
@@ -712,10 +824,7 @@ class RoutingEngine:
         """Route one question."""
         tuning = self.tuning
         scores = self.scores(text)
-        ranked = sorted(
-            ((code, s) for code, s in scores.items()),
-            key=lambda item: (-item[1].total, item[0].value),
-        )
+        ranked = sorted(scores.items(), key=_rank)
         if not ranked or ranked[0][1].total < tuning.min_top:
             return _unclassified()
         top = ranked[0][1].total
@@ -752,31 +861,50 @@ class RoutingEngine:
                 else self._confidence(mw_signal.total if mw_signal else 0.0)
             )
             assignments.append(
-                AgencyAssignment(
-                    agency=MAATWERKLOKET,
-                    role=AgencyRole.LEAD,
-                    reasons=mw_reasons,
-                    confidence=confidence,
-                )
+                _assignment(MAATWERKLOKET, AgencyRole.LEAD, list(mw_reasons), confidence)
             )
             reasons[MAATWERKLOKET.value] = mw_reasons
         for code, s in others:
             role = AgencyRole.LEAD if not assignments else AgencyRole.SUPPORTING
-            assignments.append(
-                AgencyAssignment(
-                    agency=code,
-                    role=role,
-                    reasons=list(s.reasons),
-                    confidence=self._confidence(s.total),
-                )
-            )
-            reasons[code.value] = list(s.reasons)
+            assignments.append(_assignment(code, role, list(s.reasons), self._confidence(s.total)))
+            reasons[_CODE_VALUE[code]] = list(s.reasons)
         return RoutingDecision(
             lead=assignments[0].agency,
             assignments=tuple(assignments),
             reasons=reasons,
             unclassified=False,
         )
+
+
+_CODE_VALUE: dict[AgencyCode, str] = {code: code.value for code in AgencyCode}
+
+
+def _rank(item: tuple[AgencyCode, _Score]) -> tuple[float, str]:
+    """Sort key of a scored agency: highest score first, then by code."""
+    return (-item[1].total, _CODE_VALUE[item[0]])
+
+
+def _assignment(
+    agency: AgencyCode, role: AgencyRole, reasons: list[str], confidence: float
+) -> AgencyAssignment:
+    """``AgencyAssignment(...)`` without validation: the engine's values are valid by
+    construction (catalog codes, a role, reason texts, a confidence in [0, 1]); the same
+    instance attributes as a validated model with every field given."""
+    model = AgencyAssignment.__new__(AgencyAssignment)
+    values = {"agency": agency, "role": role, "reasons": reasons, "confidence": confidence}
+    object.__setattr__(model, "__dict__", values)
+    object.__setattr__(model, "__pydantic_fields_set__", set(values))
+    object.__setattr__(model, "__pydantic_extra__", None)
+    object.__setattr__(model, "__pydantic_private__", None)
+    return model
+
+
+def _heads(verbs: Iterable[_Verb]) -> dict[str, tuple[tuple[str, ...], ...]]:
+    """Verbs by head word: per head, the particle lists of its verbs (in catalog order)."""
+    out: dict[str, list[tuple[str, ...]]] = {}
+    for verb in verbs:
+        out.setdefault(verb.head, []).append(verb.particles)
+    return {head: tuple(particles) for head, particles in out.items()}
 
 
 def _contains(haystack: tuple[str, ...], needle: tuple[str, ...]) -> bool:
