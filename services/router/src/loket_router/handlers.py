@@ -11,33 +11,42 @@ records become ``MessageDeadLettered`` records in the same result.
 from __future__ import annotations
 
 import base64
+import json
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from enum import StrEnum
+from typing import Any, NamedTuple, Protocol
 
-from pydantic import ValidationError
+import pydantic_core
+from pydantic import BaseModel, ValidationError
 
 from loket_router import domain
 from loket_router.errors import PoisonMessage
 from loket_router.routing import RoutingDecision
 from loket_router.store import CaseState, RedisStore, Writes
 from loket_schemas import topics
-from loket_schemas.catalog import AgencyCatalog
+from loket_schemas.catalog import Agency, AgencyCatalog
 from loket_schemas.events import (
     AgencyAssignment,
     AgencyRole,
+    CaseDelivered,
     CaseRouted,
     ConsentGiven,
     ConsentWithdrawn,
+    DataShareLogged,
     HandoffDeclined,
     HandoffEscalated,
     Message,
     MessageDeadLettered,
     QuestionReceived,
     RouteCause,
+    SharedCategory,
+    SharingManifest,
+    WithheldCategory,
+    WithheldReason,
 )
 from loket_schemas.kafka import (
     CONTENT_TYPE,
@@ -51,7 +60,16 @@ from loket_schemas.kafka import (
 )
 from loket_schemas.pseudonym import pseudonymise
 from loket_schemas.tracing import TRACEPARENT_HEADER, TraceContext, new_trace, parse_traceparent
-from loket_schemas.vocabulary import BusinessRequester, PersonRequester
+from loket_schemas.vocabulary import (
+    AgencyCode,
+    BusinessRequester,
+    Channel,
+    DataCategory,
+    GdprBasis,
+    LegalBasis,
+    PersonRequester,
+    Urgency,
+)
 
 SERVICE = "router"
 _CASE_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
@@ -68,8 +86,7 @@ class ConsumerRecordLike(Protocol):
     headers: Sequence[tuple[str, bytes]]
 
 
-@dataclass(frozen=True)
-class Outgoing:
+class Outgoing(NamedTuple):
     """One record to publish in the batch's transaction."""
 
     topic: str
@@ -107,18 +124,29 @@ class RecordHeaders:
     source: bytes
     time: bytes
     traceparent: bytes
+    #: the (name, value) header pairs of the three, built once
+    source_header: tuple[str, bytes] = field(init=False, repr=False, compare=False)
+    time_header: tuple[str, bytes] = field(init=False, repr=False, compare=False)
+    trace_header: tuple[str, bytes] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "source_header", ("ce_source", self.source))
+        object.__setattr__(self, "time_header", ("ce_time", self.time))
+        object.__setattr__(self, "trace_header", (TRACEPARENT_HEADER, self.traceparent))
 
 
-_TYPE_HEADERS: dict[type[Message], tuple[bytes, bytes]] = {}
-_SPECVERSION = SPECVERSION.encode()
-_CONTENT_TYPE = CONTENT_TYPE.encode()
+#: per message class: its ``ce_type`` and ``ce_dataschema`` header pairs
+_TYPE_HEADERS: dict[type[Message], tuple[tuple[str, bytes], tuple[str, bytes]]] = {}
+_SPECVERSION_HEADER = ("ce_specversion", SPECVERSION.encode())
+_CONTENT_TYPE_HEADER = ("content-type", CONTENT_TYPE.encode())
 
 
 def to_record(message: Message, ident: str, shared: RecordHeaders) -> KafkaRecord:
     """``loket_schemas.kafka.encode(message, ...)`` with the per-record parts precomputed.
 
     Byte for byte the same record as ``encode`` (tests/unit/test_router_fast_outputs.py
-    checks it): CloudEvents binary mode, key = case id, value = the model's JSON.
+    checks it): CloudEvents binary mode, key = case id, value = the model's JSON
+    (:func:`message_json`).
     """
     cls = type(message)
     per_type = _TYPE_HEADERS.get(cls)
@@ -126,23 +154,319 @@ def to_record(message: Message, ident: str, shared: RecordHeaders) -> KafkaRecor
         if not cls.EVENT_TYPE:
             raise TypeError(f"{cls.__name__} has no EVENT_TYPE")
         per_type = _TYPE_HEADERS[cls] = (
-            cls.EVENT_TYPE.encode(),
-            schema_uri(cls.EVENT_TYPE).encode(),
+            ("ce_type", cls.EVENT_TYPE.encode()),
+            ("ce_dataschema", schema_uri(cls.EVENT_TYPE).encode()),
         )
     subject = message.subject.encode()
     headers = (
-        ("ce_specversion", _SPECVERSION),
+        _SPECVERSION_HEADER,
         ("ce_id", ident.encode()),
-        ("ce_source", shared.source),
-        ("ce_type", per_type[0]),
-        ("ce_time", shared.time),
+        shared.source_header,
+        per_type[0],
+        shared.time_header,
         ("ce_subject", subject),
-        ("ce_dataschema", per_type[1]),
-        ("content-type", _CONTENT_TYPE),
-        (TRACEPARENT_HEADER, shared.traceparent),
+        per_type[1],
+        _CONTENT_TYPE_HEADER,
+        shared.trace_header,
     )
-    value = message.__pydantic_serializer__.to_json(message)
-    return KafkaRecord(key=subject, value=value, headers=headers)
+    return KafkaRecord(key=subject, value=message_json(message), headers=headers)
+
+
+# --------------------------------------------------------------------------- output JSON
+#
+# The JSON of the three outputs of every routed question (CaseDelivered, DataShareLogged,
+# CaseRouted) is written here from the model's fields, byte for byte what pydantic's
+# ``model_dump_json()`` gives (no whitespace, fields in declaration order, enums as their
+# values, strings escaped like serde_json, which is what ``json.encoder.encode_basestring``
+# does; floats and datetimes through pydantic_core itself). pydantic spends most of its
+# time on these models reading enum ``.value`` properties. Anything unexpected (another
+# field list, a value of another type) falls back to pydantic; tests compare both ways on
+# many variants (tests/unit/test_router_fast_outputs.py).
+
+
+class _Unexpected(Exception):
+    """A value the fast JSON writer does not handle: use pydantic's serializer."""
+
+
+_json_str: Callable[[str], str] = json.encoder.encode_basestring
+#: enum member -> its JSON (a quoted value); a member's hash and equality are its value's
+_ENUM_JSON: dict[str, str] = {
+    member: _json_str(member.value)
+    for enum in (
+        AgencyCode,
+        AgencyRole,
+        Channel,
+        DataCategory,
+        GdprBasis,
+        RouteCause,
+        Urgency,
+        WithheldReason,
+    )
+    for member in enum
+}
+_FLOAT_JSON: dict[float, str] = {}
+#: the last datetime written and its JSON (all outputs of a question share one)
+_last_time: list[Any] = [None, ""]
+#: id(obj) -> (obj, JSON) of the shared category objects (kept, so ids are not reused)
+_PART_JSON: dict[int, tuple[Any, str]] = {}
+
+
+def _enum(value: Any) -> str:
+    found = _ENUM_JSON.get(value)
+    if found is None or not isinstance(value, StrEnum):
+        raise _Unexpected(repr(value))
+    return found
+
+
+def _str(value: Any) -> str:
+    if type(value) is not str:
+        raise _Unexpected(repr(value))
+    return _json_str(value)
+
+
+def _opt_str(value: Any) -> str:
+    return "null" if value is None else _str(value)
+
+
+def _float(value: Any) -> str:
+    if type(value) is not float:
+        raise _Unexpected(repr(value))
+    found = _FLOAT_JSON.get(value)
+    if found is None:
+        found = pydantic_core.to_json(value).decode()
+        if len(_FLOAT_JSON) < 4096:
+            _FLOAT_JSON[value] = found
+    return found
+
+
+def _bool(value: Any) -> str:
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    raise _Unexpected(repr(value))
+
+
+def _int(value: Any) -> str:
+    if type(value) is not int:
+        raise _Unexpected(repr(value))
+    return str(value)
+
+
+def _time(value: Any) -> str:
+    if value is _last_time[0]:
+        return str(_last_time[1])
+    if type(value) is not datetime:
+        raise _Unexpected(repr(value))
+    found = pydantic_core.to_json(value).decode()
+    _last_time[0], _last_time[1] = value, found
+    return found
+
+
+def _strings(values: Any) -> str:
+    if type(values) is not list:
+        raise _Unexpected(repr(values))
+    return "[" + ",".join([_str(v) for v in values]) + "]"
+
+
+def _model(value: Any, cls: type[BaseModel]) -> str:
+    """A nested model through pydantic (requester, contact)."""
+    if type(value) is not cls:
+        raise _Unexpected(repr(value))
+    return str(value.__pydantic_serializer__.to_json(value).decode())
+
+
+def _requester(value: Any) -> str:
+    if value is None:
+        return "null"
+    if type(value) is PersonRequester:
+        return _model(value, PersonRequester)
+    return _model(value, BusinessRequester)
+
+
+def _part(value: Any) -> str:
+    """A SharedCategory or WithheldCategory (mostly the same few shared objects)."""
+    found = _PART_JSON.get(id(value))
+    if found is not None and found[0] is value:
+        return str(found[1])
+    d = value.__dict__
+    if type(value) is SharedCategory:
+        basis = d["basis"]
+        if type(basis) is not LegalBasis:
+            raise _Unexpected(repr(basis))
+        b = basis.__dict__
+        text = (
+            f'{{"category":{_enum(d["category"])},"basis":{{"article":{_enum(b["article"])},'
+            f'"law_reference":{_opt_str(b["law_reference"])}}}}}'
+        )
+    elif type(value) is WithheldCategory:
+        text = f'{{"category":{_enum(d["category"])},"reason":{_enum(d["reason"])}}}'
+    else:
+        raise _Unexpected(repr(value))
+    if len(_PART_JSON) >= 4096:
+        _PART_JSON.clear()
+    _PART_JSON[id(value)] = (value, text)
+    return text
+
+
+def _parts(values: Any) -> str:
+    if type(values) is not list:
+        raise _Unexpected(repr(values))
+    return "[" + ",".join([_part(v) for v in values]) + "]"
+
+
+def _manifest(value: Any) -> str:
+    if type(value) is not SharingManifest:
+        raise _Unexpected(repr(value))
+    d = value.__dict__
+    return (
+        f'{{"recipient":{_enum(d["recipient"])},"purpose":{_str(d["purpose"])},'
+        f'"shared":{_parts(d["shared"])},"withheld":{_parts(d["withheld"])},'
+        f'"retention_days":{_int(d["retention_days"])},'
+        f'"consent_reference":{_opt_str(d["consent_reference"])}}}'
+    )
+
+
+def _assignments(values: Any) -> str:
+    if type(values) is not list:
+        raise _Unexpected(repr(values))
+    out = []
+    for value in values:
+        if type(value) is not AgencyAssignment:
+            raise _Unexpected(repr(value))
+        d = value.__dict__
+        out.append(
+            f'{{"agency":{_enum(d["agency"])},"role":{_enum(d["role"])},'
+            f'"reasons":{_strings(d["reasons"])},"confidence":{_float(d["confidence"])}}}'
+        )
+    return "[" + ",".join(out) + "]"
+
+
+def _delivered_json(d: dict[str, Any]) -> str:
+    return (
+        f'{{"case_id":{_str(d["case_id"])},"reference":{_str(d["reference"])},'
+        f'"agency":{_enum(d["agency"])},"role":{_enum(d["role"])},"lead":{_enum(d["lead"])},'
+        f'"reasons":{_strings(d["reasons"])},"confidence":{_float(d["confidence"])},'
+        f'"channel":{_enum(d["channel"])},"initiative_id":{_str(d["initiative_id"])},'
+        f'"urgency":{_enum(d["urgency"])},"vulnerable":{_bool(d["vulnerable"])},'
+        f'"cause":{_enum(d["cause"])},"text":{_opt_str(d["text"])},'
+        f'"requester":{_requester(d["requester"])},'
+        f'"subject_pseudonym":{_opt_str(d["subject_pseudonym"])},'
+        f'"manifest":{_manifest(d["manifest"])},"delivered_at":{_time(d["delivered_at"])}}}'
+    )
+
+
+def _audit_json(d: dict[str, Any]) -> str:
+    categories = d["categories"]
+    if type(categories) is not list:
+        raise _Unexpected(repr(categories))
+    return (
+        f'{{"case_id":{_str(d["case_id"])},"trace_id":{_str(d["trace_id"])},'
+        f'"span_id":{_str(d["span_id"])},'
+        f'"processing_activity_id":{_str(d["processing_activity_id"])},'
+        f'"sender":{_str(d["sender"])},"receiver":{_enum(d["receiver"])},'
+        f'"data_subject_pseudonym":{_opt_str(d["data_subject_pseudonym"])},'
+        f'"categories":[{",".join([_enum(c) for c in categories])}],'
+        f'"legal_bases":{_parts(d["legal_bases"])},"occurred_at":{_time(d["occurred_at"])}}}'
+    )
+
+
+def _routed_json(d: dict[str, Any]) -> str:
+    return (
+        f'{{"case_id":{_str(d["case_id"])},"reference":{_str(d["reference"])},'
+        f'"initiative_id":{_str(d["initiative_id"])},"lead":{_enum(d["lead"])},'
+        f'"assignments":{_assignments(d["assignments"])},"urgency":{_enum(d["urgency"])},'
+        f'"cause":{_enum(d["cause"])},"replaces_handoff_id":{_opt_str(d["replaces_handoff_id"])},'
+        f'"routed_at":{_time(d["routed_at"])}}}'
+    )
+
+
+#: message class -> (the field names its writer expects, in order; the writer)
+_WRITERS: dict[type[BaseModel], tuple[tuple[str, ...], Callable[[dict[str, Any]], str]]] = {
+    CaseDelivered: (
+        (
+            "case_id",
+            "reference",
+            "agency",
+            "role",
+            "lead",
+            "reasons",
+            "confidence",
+            "channel",
+            "initiative_id",
+            "urgency",
+            "vulnerable",
+            "cause",
+            "text",
+            "requester",
+            "subject_pseudonym",
+            "manifest",
+            "delivered_at",
+        ),
+        _delivered_json,
+    ),
+    DataShareLogged: (
+        (
+            "case_id",
+            "trace_id",
+            "span_id",
+            "processing_activity_id",
+            "sender",
+            "receiver",
+            "data_subject_pseudonym",
+            "categories",
+            "legal_bases",
+            "occurred_at",
+        ),
+        _audit_json,
+    ),
+    CaseRouted: (
+        (
+            "case_id",
+            "reference",
+            "initiative_id",
+            "lead",
+            "assignments",
+            "urgency",
+            "cause",
+            "replaces_handoff_id",
+            "routed_at",
+        ),
+        _routed_json,
+    ),
+}
+_NESTED_FIELDS: dict[type[BaseModel], tuple[str, ...]] = {
+    SharingManifest: (
+        "recipient",
+        "purpose",
+        "shared",
+        "withheld",
+        "retention_days",
+        "consent_reference",
+    ),
+    SharedCategory: ("category", "basis"),
+    WithheldCategory: ("category", "reason"),
+    LegalBasis: ("article", "law_reference"),
+    AgencyAssignment: ("agency", "role", "reasons", "confidence"),
+}
+#: message class -> its JSON writer, for the classes whose fields are what the writers
+#: expect (a schema change takes a class off this list: pydantic writes it then)
+FAST_JSON: dict[type[BaseModel], Callable[[dict[str, Any]], str]] = (
+    {cls: writer for cls, (names, writer) in _WRITERS.items() if tuple(cls.model_fields) == names}
+    if all(tuple(cls.model_fields) == names for cls, names in _NESTED_FIELDS.items())
+    else {}
+)
+
+
+def message_json(message: BaseModel) -> bytes:
+    """``message.model_dump_json().encode()``, written directly for the routing outputs."""
+    writer = FAST_JSON.get(type(message))
+    if writer is not None:
+        try:
+            return writer(message.__dict__).encode()
+        except (_Unexpected, KeyError, UnicodeEncodeError):
+            pass
+    return message.__pydantic_serializer__.to_json(message)
 
 
 @dataclass
@@ -157,11 +481,24 @@ class RouterContext:
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     log: Any = None
     _topics: dict[str, str] = field(default_factory=dict, repr=False)
+    #: agency code -> (the catalog's agency, its prefixed topic)
+    _agencies: dict[AgencyCode, tuple[Agency, str]] = field(default_factory=dict, repr=False)
 
     def topic(self, name: str) -> str:
         found = self._topics.get(name)
         if found is None:
             found = self._topics[name] = topics.prefixed(name, self.topic_prefix)
+        return found
+
+    def agency(self, code: AgencyCode) -> tuple[Agency, str]:
+        """The catalog entry of an agency and the (prefixed) topic it receives cases on.
+
+        ``catalog.get`` and ``topics.agency_topic`` once per agency (KeyError / ValueError
+        for an unknown code, as those raise)."""
+        found = self._agencies.get(code)
+        if found is None:
+            found = (self.catalog.get(code), self.topic(topics.agency_topic(code)))
+            self._agencies[code] = found
         return found
 
     def headers_for(self, trace: TraceContext, at: datetime) -> RecordHeaders:
@@ -282,7 +619,10 @@ def route_question(
     withdrawals: domain.Withdrawals,
     store: RedisStore,
 ) -> None:
-    """Route one question: deliveries, audit records, CaseRouted, state, marker."""
+    """Route one question: deliveries, audit records, CaseRouted, state, marker.
+
+    Everything is built first and added to ``out`` only when all of it was built: a
+    question that fails half-way (poison) leaves nothing behind."""
     q = env.data
     cid = q.case_id
     at = domain.require_aware(ctx.clock())
@@ -295,59 +635,57 @@ def route_question(
             assignments.append(a)
     categories = domain.question_categories(q)
     pseudonym = subject_pseudonym(q, ctx.pseudonym_key)
-    local = BatchResult()
-    local.writes.questions.append(q)
-    local.writes.leads[cid] = decision.lead
-    consent_based = False
+    audit_topic = ctx.topic(topics.AUDIT)
+    outgoing: list[Outgoing] = []
+    roles: list[tuple[str, AgencyCode, AgencyRole]] = []
+    shares: list[tuple[str, domain.ConsentShare]] = []
+    codes: list[str] = []
     for a in assignments:
-        agency = ctx.catalog.get(a.agency)
+        agency, agency_topic = ctx.agency(a.agency)
         manifest = domain.build_manifest(categories, agency, q.consent, at, withdrawals)
         delivery = domain.deliver(q, a, decision.lead, manifest, pseudonym=pseudonym, at=at)
         code = a.agency.value
-        ctx.emit(
-            local,
-            topics.agency_topic(a.agency),
-            delivery,
-            shared_headers,
-            domain.event_id(cid, "delivered", code, "initial"),
-            at,
+        outgoing.append(
+            Outgoing(
+                agency_topic,
+                to_record(
+                    delivery,
+                    domain.event_id(cid, "delivered", code, "initial"),
+                    shared_headers,
+                ),
+            )
         )
         audit = domain.audit_record(delivery, agency, trace=trace, sender=ctx.source, at=at)
-        ctx.emit(
-            local,
-            topics.AUDIT,
-            audit,
-            shared_headers,
-            domain.event_id(cid, "audit", code, "initial"),
-            at,
+        outgoing.append(
+            Outgoing(
+                audit_topic,
+                to_record(audit, domain.event_id(cid, "audit", code, "initial"), shared_headers),
+            )
         )
-        local.writes.roles.append((cid, a.agency, a.role))
+        roles.append((cid, a.agency, a.role))
         shared = domain.consent_shares(manifest)
         if shared and q.consent is not None:
-            consent_based = True
-            local.writes.shares.append(
-                (cid, domain.ConsentShare(a.agency, q.consent.consent_id, shared))
-            )
-        local.stats.deliveries[code] += 1
+            shares.append((cid, domain.ConsentShare(a.agency, q.consent.consent_id, shared)))
+        codes.append(code)
     routed = domain.case_routed(q, decision.lead, assignments, at=at)
-    ctx.emit(
-        local,
-        topics.HANDOFFS,
-        routed,
-        shared_headers,
-        domain.event_id(cid, "routed", "initial"),
-        at,
+    outgoing.append(
+        Outgoing(
+            ctx.topic(topics.HANDOFFS),
+            to_record(routed, domain.event_id(cid, "routed", "initial"), shared_headers),
+        )
     )
-    # all built without error: merge into the batch
-    out.outgoing.extend(local.outgoing)
-    out.writes.questions.extend(local.writes.questions)
-    out.writes.leads.update(local.writes.leads)
-    out.writes.roles.extend(local.writes.roles)
-    out.writes.shares.extend(local.writes.shares)
-    out.stats.deliveries.update(local.stats.deliveries)
+    # all built without error: add to the batch
+    out.outgoing.extend(outgoing)
+    out.writes.questions.append(q)
+    out.writes.leads[cid] = decision.lead
+    out.writes.roles.extend(roles)
+    out.writes.shares.extend(shares)
+    deliveries = out.stats.deliveries
+    for code in codes:
+        deliveries[code] += 1
     out.stats.routed += 1
     out.markers.append(store.done_key("routed", cid))
-    if consent_based:
+    if shares:
         out.recheck[cid] = dict(withdrawals)
 
 

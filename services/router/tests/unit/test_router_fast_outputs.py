@@ -15,15 +15,22 @@ import random
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
 from router_factories import BSN, NOW, business_question, consent, question
 
-from loket_router import domain
-from loket_router.handlers import QuestionProcessor, RecordHeaders, RouterContext, to_record
+from loket_router import domain, handlers
+from loket_router.handlers import (
+    FAST_JSON,
+    QuestionProcessor,
+    RecordHeaders,
+    RouterContext,
+    message_json,
+    to_record,
+)
 from loket_router.routing import classify
 from loket_router.store import CaseState
 from loket_schemas.catalog import load_agencies
@@ -150,6 +157,78 @@ def test_every_output_validates_and_matches_encode() -> None:
                 assert (model.requester.bsn is None) or (DataCategory.IDENTITY in cats)
     assert {CaseDelivered, DataShareLogged, CaseRouted} <= seen
     assert shared_any and withheld_any
+
+
+WEIRD = 'Q "quoted" \\ back\n\ttab \x01\x1f\x7f é ü ß 😀 \u2028 \u2029 \ufeff </script>'
+
+
+def test_fast_json_equals_pydantic_for_every_output(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hand-written JSON of the routing outputs is pydantic's, byte for byte, also for
+    strings that need escaping, non-ASCII text, microsecond and non-UTC clocks."""
+    assert set(FAST_JSON) == {CaseDelivered, DataShareLogged, CaseRouted}
+    written: list[tuple[Any, bytes]] = []
+
+    def recording(message: Any, ident: str, shared: RecordHeaders) -> Any:
+        record = to_record(message, ident, shared)
+        written.append((message, record.value))
+        return record
+
+    monkeypatch.setattr(handlers, "to_record", recording)
+    clocks = [NOW.replace(microsecond=123456), NOW.astimezone(timezone(timedelta(hours=2)))]
+    weird_contact = ContactDetails(name=WEIRD, email="a@b.nl", postal_address="Straat 1\nStad")
+    questions = [
+        q.model_copy(update={"text": q.text + " " + WEIRD}) if i % 2 else q
+        for i, q in enumerate(variants())
+    ]
+    questions.append(
+        question(
+            "case-weird",
+            requester=PersonRequester(bsn=BSN, contact=weird_contact),
+            consent=consent(categories=list(DataCategory), explicit=True),
+            subject_pseudonym='p"\\\u2028',
+        )
+    )
+    seen: set[type] = set()
+    for at in clocks:
+        ctx = RouterContext(
+            catalog=load_agencies(),
+            classify=classify,
+            pseudonym_key="k",
+            source=service_source("router"),
+            clock=lambda at=at: at,  # type: ignore[misc]
+        )
+        records = []
+        for i, q in enumerate(questions):
+            rec = encode(q, source=service_source("intake"), trace=new_trace())
+            records.append(Rec(rec.key, rec.value, list(rec.headers), i))
+        result = asyncio.run(QuestionProcessor(ctx, Store()).process(records))  # type: ignore[arg-type]
+        assert result.stats.routed == len(records)
+        assert len(written) == len(result.outgoing)
+        for message, value in written:
+            seen.add(type(message))
+            assert value == message.__pydantic_serializer__.to_json(message)
+            model = type(message).model_validate_json(value)  # decoded: the same JSON again
+            assert message_json(model) == value
+        written.clear()
+    assert seen == {CaseDelivered, DataShareLogged, CaseRouted}
+
+
+def test_fast_json_of_constructed_outputs() -> None:
+    """Outputs as the domain builds them (constructed, shared category objects)."""
+    agency = load_agencies().get(AgencyCode.BELASTINGDIENST)
+    for q, categories in (
+        (question(text=WEIRD), [DataCategory.QUESTION_TEXT]),
+        (question(text=WEIRD), list(DataCategory)),
+        (question(text=WEIRD, consent=None), list(DataCategory)),
+    ):
+        manifest = domain.build_manifest(categories, agency, q.consent, NOW)
+        assignment = classify("belastingschuld").assignments[0]
+        delivery = domain.deliver(q, assignment, AgencyCode.BELASTINGDIENST, manifest,
+                                  pseudonym=None, at=NOW)  # fmt: skip
+        audit = domain.audit_record(delivery, agency, trace=new_trace(), sender="urn:x", at=NOW)
+        routed = domain.case_routed(q, AgencyCode.BELASTINGDIENST, [assignment], at=NOW)
+        for message in (delivery, audit, routed):
+            assert message_json(message) == message.model_dump_json().encode()
 
 
 @pytest.mark.parametrize(
