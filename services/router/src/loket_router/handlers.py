@@ -17,7 +17,6 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any, NamedTuple, Protocol
 
 import pydantic_core
@@ -188,6 +187,7 @@ class _Unexpected(Exception):
     """A value the fast JSON writer does not handle: use pydantic's serializer."""
 
 
+#: JSON of a string (TypeError for anything that is not a str)
 _json_str: Callable[[str], str] = json.encoder.encode_basestring
 #: enum member -> its JSON (a quoted value); a member's hash and equality are its value's
 _ENUM_JSON: dict[str, str] = {
@@ -205,27 +205,15 @@ _ENUM_JSON: dict[str, str] = {
     for member in enum
 }
 _FLOAT_JSON: dict[float, str] = {}
-#: the last datetime written and its JSON (all outputs of a question share one)
-_last_time: list[Any] = [None, ""]
-#: id(obj) -> (obj, JSON) of the shared category objects (kept, so ids are not reused)
+#: the last datetime, requester and their JSON (the outputs of a question share them)
+_last: dict[str, tuple[Any, str]] = {"time": (None, ""), "requester": (None, "")}
+#: id(obj) -> (obj, JSON) of shared/withheld category objects (mostly the same few shared
+#: objects, see domain.shared_category; an entry keeps its object, so ids are not reused)
 _PART_JSON: dict[int, tuple[Any, str]] = {}
 
 
-def _enum(value: Any) -> str:
-    found = _ENUM_JSON.get(value)
-    if found is None or not isinstance(value, StrEnum):
-        raise _Unexpected(repr(value))
-    return found
-
-
-def _str(value: Any) -> str:
-    if type(value) is not str:
-        raise _Unexpected(repr(value))
-    return _json_str(value)
-
-
-def _opt_str(value: Any) -> str:
-    return "null" if value is None else _str(value)
+def _unexpected(value: Any) -> str:
+    raise _Unexpected(repr(value)[:100])
 
 
 def _float(value: Any) -> str:
@@ -239,68 +227,50 @@ def _float(value: Any) -> str:
     return found
 
 
-def _bool(value: Any) -> str:
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    raise _Unexpected(repr(value))
-
-
-def _int(value: Any) -> str:
-    if type(value) is not int:
-        raise _Unexpected(repr(value))
-    return str(value)
-
-
 def _time(value: Any) -> str:
-    if value is _last_time[0]:
-        return str(_last_time[1])
+    last = _last["time"]
+    if value is last[0]:
+        return last[1]
     if type(value) is not datetime:
         raise _Unexpected(repr(value))
     found = pydantic_core.to_json(value).decode()
-    _last_time[0], _last_time[1] = value, found
+    _last["time"] = (value, found)
     return found
 
 
-def _strings(values: Any) -> str:
-    if type(values) is not list:
-        raise _Unexpected(repr(values))
-    return "[" + ",".join([_str(v) for v in values]) + "]"
-
-
-def _model(value: Any, cls: type[BaseModel]) -> str:
-    """A nested model through pydantic (requester, contact)."""
-    if type(value) is not cls:
-        raise _Unexpected(repr(value))
-    return str(value.__pydantic_serializer__.to_json(value).decode())
-
-
 def _requester(value: Any) -> str:
+    """A requester (or none) through pydantic: a nested model is written as on its own."""
     if value is None:
         return "null"
-    if type(value) is PersonRequester:
-        return _model(value, PersonRequester)
-    return _model(value, BusinessRequester)
+    last = _last["requester"]
+    if value is last[0]:
+        return last[1]
+    if type(value) is not PersonRequester and type(value) is not BusinessRequester:
+        raise _Unexpected(repr(value))
+    found = value.__pydantic_serializer__.to_json(value).decode()
+    _last["requester"] = (value, found)
+    return str(found)
 
 
 def _part(value: Any) -> str:
-    """A SharedCategory or WithheldCategory (mostly the same few shared objects)."""
+    """A SharedCategory or WithheldCategory."""
     found = _PART_JSON.get(id(value))
     if found is not None and found[0] is value:
-        return str(found[1])
+        return found[1]
     d = value.__dict__
     if type(value) is SharedCategory:
         basis = d["basis"]
         if type(basis) is not LegalBasis:
             raise _Unexpected(repr(basis))
         b = basis.__dict__
+        law = b["law_reference"]
         text = (
-            f'{{"category":{_enum(d["category"])},"basis":{{"article":{_enum(b["article"])},'
-            f'"law_reference":{_opt_str(b["law_reference"])}}}}}'
+            f'{{"category":{_ENUM_JSON[d["category"]]},'
+            f'"basis":{{"article":{_ENUM_JSON[b["article"]]},'
+            f'"law_reference":{"null" if law is None else _json_str(law)}}}}}'
         )
     elif type(value) is WithheldCategory:
-        text = f'{{"category":{_enum(d["category"])},"reason":{_enum(d["reason"])}}}'
+        text = f'{{"category":{_ENUM_JSON[d["category"]]},"reason":{_ENUM_JSON[d["reason"]]}}}'
     else:
         raise _Unexpected(repr(value))
     if len(_PART_JSON) >= 4096:
@@ -309,74 +279,76 @@ def _part(value: Any) -> str:
     return text
 
 
-def _parts(values: Any) -> str:
-    if type(values) is not list:
-        raise _Unexpected(repr(values))
-    return "[" + ",".join([_part(v) for v in values]) + "]"
-
-
 def _manifest(value: Any) -> str:
     if type(value) is not SharingManifest:
         raise _Unexpected(repr(value))
     d = value.__dict__
+    days = d["retention_days"]
+    ref = d["consent_reference"]
     return (
-        f'{{"recipient":{_enum(d["recipient"])},"purpose":{_str(d["purpose"])},'
-        f'"shared":{_parts(d["shared"])},"withheld":{_parts(d["withheld"])},'
-        f'"retention_days":{_int(d["retention_days"])},'
-        f'"consent_reference":{_opt_str(d["consent_reference"])}}}'
+        f'{{"recipient":{_ENUM_JSON[d["recipient"]]},"purpose":{_json_str(d["purpose"])},'
+        f'"shared":[{",".join(map(_part, d["shared"]))}],'
+        f'"withheld":[{",".join(map(_part, d["withheld"]))}],'
+        f'"retention_days":{str(days) if type(days) is int else _unexpected(days)},'
+        f'"consent_reference":{"null" if ref is None else _json_str(ref)}}}'
     )
 
 
-def _assignments(values: Any) -> str:
-    if type(values) is not list:
-        raise _Unexpected(repr(values))
-    out = []
-    for value in values:
-        if type(value) is not AgencyAssignment:
-            raise _Unexpected(repr(value))
-        d = value.__dict__
-        out.append(
-            f'{{"agency":{_enum(d["agency"])},"role":{_enum(d["role"])},'
-            f'"reasons":{_strings(d["reasons"])},"confidence":{_float(d["confidence"])}}}'
-        )
-    return "[" + ",".join(out) + "]"
+def _assignment(value: Any) -> str:
+    if type(value) is not AgencyAssignment:
+        raise _Unexpected(repr(value))
+    d = value.__dict__
+    return (
+        f'{{"agency":{_ENUM_JSON[d["agency"]]},"role":{_ENUM_JSON[d["role"]]},'
+        f'"reasons":[{",".join(map(_json_str, d["reasons"]))}],'
+        f'"confidence":{_float(d["confidence"])}}}'
+    )
 
 
 def _delivered_json(d: dict[str, Any]) -> str:
+    text = d["text"]
+    vulnerable = d["vulnerable"]
+    flag = "true" if vulnerable is True else "false" if vulnerable is False else None
+    pseudonym = d["subject_pseudonym"]
     return (
-        f'{{"case_id":{_str(d["case_id"])},"reference":{_str(d["reference"])},'
-        f'"agency":{_enum(d["agency"])},"role":{_enum(d["role"])},"lead":{_enum(d["lead"])},'
-        f'"reasons":{_strings(d["reasons"])},"confidence":{_float(d["confidence"])},'
-        f'"channel":{_enum(d["channel"])},"initiative_id":{_str(d["initiative_id"])},'
-        f'"urgency":{_enum(d["urgency"])},"vulnerable":{_bool(d["vulnerable"])},'
-        f'"cause":{_enum(d["cause"])},"text":{_opt_str(d["text"])},'
+        f'{{"case_id":{_json_str(d["case_id"])},"reference":{_json_str(d["reference"])},'
+        f'"agency":{_ENUM_JSON[d["agency"]]},"role":{_ENUM_JSON[d["role"]]},'
+        f'"lead":{_ENUM_JSON[d["lead"]]},'
+        f'"reasons":[{",".join(map(_json_str, d["reasons"]))}],'
+        f'"confidence":{_float(d["confidence"])},"channel":{_ENUM_JSON[d["channel"]]},'
+        f'"initiative_id":{_json_str(d["initiative_id"])},'
+        f'"urgency":{_ENUM_JSON[d["urgency"]]},'
+        f'"vulnerable":{flag or _unexpected(vulnerable)},'
+        f'"cause":{_ENUM_JSON[d["cause"]]},'
+        f'"text":{"null" if text is None else _json_str(text)},'
         f'"requester":{_requester(d["requester"])},'
-        f'"subject_pseudonym":{_opt_str(d["subject_pseudonym"])},'
+        f'"subject_pseudonym":{"null" if pseudonym is None else _json_str(pseudonym)},'
         f'"manifest":{_manifest(d["manifest"])},"delivered_at":{_time(d["delivered_at"])}}}'
     )
 
 
 def _audit_json(d: dict[str, Any]) -> str:
-    categories = d["categories"]
-    if type(categories) is not list:
-        raise _Unexpected(repr(categories))
+    pseudonym = d["data_subject_pseudonym"]
     return (
-        f'{{"case_id":{_str(d["case_id"])},"trace_id":{_str(d["trace_id"])},'
-        f'"span_id":{_str(d["span_id"])},'
-        f'"processing_activity_id":{_str(d["processing_activity_id"])},'
-        f'"sender":{_str(d["sender"])},"receiver":{_enum(d["receiver"])},'
-        f'"data_subject_pseudonym":{_opt_str(d["data_subject_pseudonym"])},'
-        f'"categories":[{",".join([_enum(c) for c in categories])}],'
-        f'"legal_bases":{_parts(d["legal_bases"])},"occurred_at":{_time(d["occurred_at"])}}}'
+        f'{{"case_id":{_json_str(d["case_id"])},"trace_id":{_json_str(d["trace_id"])},'
+        f'"span_id":{_json_str(d["span_id"])},'
+        f'"processing_activity_id":{_json_str(d["processing_activity_id"])},'
+        f'"sender":{_json_str(d["sender"])},"receiver":{_ENUM_JSON[d["receiver"]]},'
+        f'"data_subject_pseudonym":{"null" if pseudonym is None else _json_str(pseudonym)},'
+        f'"categories":[{",".join([_ENUM_JSON[c] for c in d["categories"]])}],'
+        f'"legal_bases":[{",".join(map(_part, d["legal_bases"]))}],'
+        f'"occurred_at":{_time(d["occurred_at"])}}}'
     )
 
 
 def _routed_json(d: dict[str, Any]) -> str:
+    replaces = d["replaces_handoff_id"]
     return (
-        f'{{"case_id":{_str(d["case_id"])},"reference":{_str(d["reference"])},'
-        f'"initiative_id":{_str(d["initiative_id"])},"lead":{_enum(d["lead"])},'
-        f'"assignments":{_assignments(d["assignments"])},"urgency":{_enum(d["urgency"])},'
-        f'"cause":{_enum(d["cause"])},"replaces_handoff_id":{_opt_str(d["replaces_handoff_id"])},'
+        f'{{"case_id":{_json_str(d["case_id"])},"reference":{_json_str(d["reference"])},'
+        f'"initiative_id":{_json_str(d["initiative_id"])},"lead":{_ENUM_JSON[d["lead"]]},'
+        f'"assignments":[{",".join(map(_assignment, d["assignments"]))}],'
+        f'"urgency":{_ENUM_JSON[d["urgency"]]},"cause":{_ENUM_JSON[d["cause"]]},'
+        f'"replaces_handoff_id":{"null" if replaces is None else _json_str(replaces)},'
         f'"routed_at":{_time(d["routed_at"])}}}'
     )
 
@@ -464,8 +436,8 @@ def message_json(message: BaseModel) -> bytes:
     if writer is not None:
         try:
             return writer(message.__dict__).encode()
-        except (_Unexpected, KeyError, UnicodeEncodeError):
-            pass
+        except (_Unexpected, KeyError, TypeError, AttributeError, UnicodeEncodeError):
+            pass  # pydantic writes it (or raises its own error)
     return message.__pydantic_serializer__.to_json(message)
 
 
