@@ -22,6 +22,7 @@ def main() -> None:
         log_config=None,
         access_log=False,
         lifespan="on",
+        loop=settings.event_loop,
     )
 
 

@@ -4,15 +4,25 @@ FastStream has no transactions, so each input topic of the router runs one
 :class:`TransactionalLoop` as a background task (started and stopped in the app lifespan):
 
 1. ``getmany(max_records=N)`` from a ``read_committed`` consumer without auto-commit;
-   records of one partition come in offset order and are processed in that order.
-2. Per input partition of the batch (its records form one *unit*; the units of a batch
-   run one after the other): ``processor.process(records)`` (decisions, output records,
-   Redis state in one read round trip; poison records become ``MessageDeadLettered``
-   outputs), Redis state written (idempotent) *before* the commit, then one transaction
-   on that partition's producer: every output record, ``send_offsets_to_transaction``
-   with ``last offset + 1``, commit. Either all outputs and the input offset are
-   committed, or none.
-3. After the commit: "done" markers in Redis, metrics.
+   records of one partition come in offset order and are processed in that order. The
+   fetched records go to their partition's queue, and the consumer fetches again at once.
+2. **A pipeline per input partition** (since 2026-12-04): one worker task per assigned
+   partition takes what its queue holds (at most N records: one *unit*) and handles it,
+   then the next unit; so each partition has at most one unit, and one transaction, in
+   flight, handled in offset order, while the consumer keeps fetching and the other
+   partitions commit independently. A question waits for at most its own partition's
+   unit in flight instead of every partition's transaction of the current batch (at 200
+   questions/s that wait was the router's p50). Under load the queue fills while a
+   transaction is in flight, so units grow; a partition whose queue holds N records is
+   not fetched (``getmany`` of the other partitions only) until its worker takes them.
+   A failing worker (retries exhausted, ``LoopFenced``) restarts the whole loop.
+3. A unit: ``processor.process(records)`` (decisions, output records, Redis state in one
+   read round trip; poison records become ``MessageDeadLettered`` outputs; called
+   concurrently for different partitions, never twice at once for one), Redis state
+   written (idempotent) *before* the commit, then one transaction on that partition's
+   producer: every output record, ``send_offsets_to_transaction`` with ``last offset +
+   1``, commit. Either all outputs and the input offset are committed, or none.
+4. After the commit: "done" markers in Redis, metrics, then the partition's next unit.
 
 **One transactional producer per assigned input partition**, ``transactional_id =
 <base>-<partition>`` (not one per router instance). aiokafka has no consumer-group-metadata
@@ -28,8 +38,10 @@ back the last stable offset of every partition it had written to: read_committed
 (handoff, the agencies) saw nothing after it on those partitions for ~60-70 s.
 
 Rebalances: the listener bumps a generation counter on revoke and waits until no commit
-is in flight; a unit whose generation changed aborts its transaction instead of
-committing, and its records are read again by whoever owns the partition next. On
+(of any partition) is in flight; a unit whose generation changed aborts its transaction
+instead of committing, queued records of an earlier generation are dropped, and all of
+them are read again by whoever owns the partition next (or by this instance, from the
+committed offset, when it keeps the partition). On
 assignment the partitions stay paused until their producers are fenced in and their
 positions set from the committed offsets read after the fence.
 Transient errors (Kafka, Redis) retry the unit with exponential backoff; after
@@ -41,8 +53,9 @@ Units without outputs cost no transaction of their own: a unit that publishes no
 marks nothing done (most re-route inputs: offers, accepts, responses the router does not
 act on) only advances its partition's *deferred* offset. The next transaction of that
 partition commits it with its own (later) offset; a deferred offset no transaction took
-along within ``defer_offsets_s`` is committed in an offsets-only transaction, and so are
-all of them when the loop stops. A revoke or a restart drops them: the next owner reads
+along within ``defer_offsets_s`` is committed in an offsets-only transaction by the
+partition's worker (so it never overlaps a transaction of the same partition), and so
+are all of them when the loop stops. A revoke or a restart drops them: the next owner reads
 those records again, and they produce nothing again (outputs and done markers only come
 with a transaction). ``defer_offsets_s=0`` commits every unit at once.
 
@@ -69,6 +82,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError, ProducerFenced
 from aiokafka.partitioner import murmur2
+from aiokafka.producer import sender as _aiokafka_sender
 from aiokafka.producer.transaction_manager import TransactionState
 
 from loket_router.errors import LoopFenced, RetryableError
@@ -89,14 +103,33 @@ class _Revoked(Exception):
     """The unit's partition was revoked: abort, do not commit."""
 
 
+class _PartitionQueue:
+    """Records of one input partition fetched but not handled yet, and its worker task.
+
+    ``generation`` is the loop generation the records were fetched in: records of an
+    earlier one are dropped (a rebalance came in between; they are fetched again from the
+    committed offset)."""
+
+    __slots__ = ("generation", "records", "task", "wakeup")
+
+    def __init__(self, generation: int) -> None:
+        self.generation = generation
+        self.records: list[ConsumerRecord[bytes, bytes]] = []
+        #: set when records were queued (or the loop stops)
+        self.wakeup = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, loop: TransactionalLoop) -> None:
         self.loop = loop
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         self.loop.generation += 1
-        # wait until in-flight commits finished (committed or aborted) before giving
-        # the partitions up
+        for q in self.loop._queues.values():
+            q.wakeup.set()  # the workers drop what they queued before the rebalance
+        # wait until in-flight commits (of every partition) finished, committed or
+        # aborted, before giving the partitions up
         await self.loop.idle.wait()
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
@@ -127,6 +160,7 @@ class TransactionalLoop:
         commit_timeout_s: float = 30.0,
         defer_offsets_s: float = 1.0,
         linger_ms: int = 5,
+        concurrent_txn_backoff_ms: float | None = None,
         session_timeout_ms: int = 10000,
         heartbeat_interval_ms: int = 3000,
         on_commit: Callable[[BatchResult], Awaitable[None]] | None = None,
@@ -153,6 +187,7 @@ class TransactionalLoop:
         #: had nothing to publish (committed with the partition's next transaction)
         self._deferred: dict[TopicPartition, tuple[int, float, int]] = {}
         self.linger_ms = linger_ms
+        self.concurrent_txn_backoff_ms = concurrent_txn_backoff_ms
         self.session_timeout_ms = session_timeout_ms
         self.heartbeat_interval_ms = heartbeat_interval_ms
         self.on_commit = on_commit
@@ -163,6 +198,12 @@ class TransactionalLoop:
         self.producers: dict[TopicPartition, AIOKafkaProducer] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._assign_error: BaseException | None = None
+        #: input partition -> its queue and worker (the pipeline, see module docstring)
+        self._queues: dict[TopicPartition, _PartitionQueue] = {}
+        #: the first error a partition worker died of (the loop restarts on it)
+        self._worker_error: BaseException | None = None
+        #: set when a worker took records from a full queue, or died
+        self._room = asyncio.Event()
         #: set when no commit is in flight (a revoke waits for it)
         self.idle = asyncio.Event()
         self.idle.set()
@@ -181,6 +222,8 @@ class TransactionalLoop:
 
     async def start(self) -> None:
         self._stopping = False
+        if self.concurrent_txn_backoff_ms is not None:
+            set_concurrent_transactions_backoff(self.concurrent_txn_backoff_ms)
         self._task = asyncio.create_task(self._supervise(), name=f"router-loop-{self.name}")
 
     async def wait_running(self, within_s: float = 30.0) -> None:
@@ -323,6 +366,7 @@ class TransactionalLoop:
         consumer.subscribe([self.topic], listener=_Listener(self))
         self._consumer = consumer
         self._assign_error = None
+        self._worker_error = None
         try:
             await consumer.start()
             self.running = True
@@ -330,33 +374,119 @@ class TransactionalLoop:
             self._started.set()
             self.log.info("loop_started", topic=self.topic, group_id=self.group_id)
             while not self._stopping:
+                self._check_workers()
+                self._room.clear()
+                fetchable = self._fetchable(consumer.assignment())
+                if fetchable is None:  # every queue is full: wait until a worker takes some
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._room.wait(), self.poll_timeout_ms / 1000)
+                    continue
                 batch = await consumer.getmany(
-                    timeout_ms=self.poll_timeout_ms, max_records=self.max_records
+                    *fetchable, timeout_ms=self.poll_timeout_ms, max_records=self.max_records
                 )
                 if self._assign_error is not None:
                     raise LoopFenced(f"partition take-over failed: {self._assign_error}")
-                if batch:
-                    await self._handle_batch(batch)
-                if self._deferred:
-                    await self._flush_deferred(time.monotonic() - self.defer_offsets_s)
-            if self._deferred:  # stopping: commit what is still deferred (bounded)
-                await self._flush_deferred(float("inf"))
+                generation = self.generation  # no await since getmany returned
+                for tp, recs in batch.items():
+                    if recs:
+                        self._enqueue(tp, recs, generation)
+            # stopping: every worker ends its unit in flight and commits its partition's
+            # deferred offset (each wait bounded), queued records are left for the next run
+            await self._stop_workers()
         finally:
+            await self._cancel_workers()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(consumer.stop(), self.commit_timeout_s)
             self._consumer = None
             for tp in list(self.producers):
                 await self._close_producer(tp)
 
-    async def _handle_batch(
-        self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+    # ----------------------------------------------------------------- the pipeline
+
+    def _fetchable(self, assigned: set[TopicPartition]) -> tuple[TopicPartition, ...] | None:
+        """The partitions to fetch: ``()`` all, ``None`` none (every assigned partition's
+        queue holds ``max_records`` of the current generation)."""
+        full = {
+            tp
+            for tp, q in self._queues.items()
+            if q.generation == self.generation and len(q.records) >= self.max_records
+        }
+        if not full:
+            return ()
+        rest = tuple(tp for tp in assigned if tp not in full)
+        return rest or None
+
+    def _enqueue(
+        self, tp: TopicPartition, recs: list[ConsumerRecord[bytes, bytes]], generation: int
     ) -> None:
-        """One unit (transaction) per input partition, one after the other (running them
-        concurrently was measured slower on 2 cores: docs/benchmarks.md)."""
-        generation = self.generation
-        for tp, recs in batch.items():
-            if recs:
+        q = self._queues.get(tp)
+        if q is None:
+            q = self._queues[tp] = _PartitionQueue(generation)
+            q.task = asyncio.create_task(
+                self._work(tp, q), name=f"router-loop-{self.name}-p{tp.partition}"
+            )
+            q.task.add_done_callback(self._worker_done)
+        if q.generation != generation:  # fetched before a rebalance: read again
+            q.records.clear()
+            q.generation = generation
+        q.records.extend(recs)
+        q.wakeup.set()
+
+    def _worker_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None and self._worker_error is None:
+            self._worker_error = exc
+        self._room.set()  # wake the fetch loop
+
+    def _check_workers(self) -> None:
+        """Raise the error a partition worker died of (the loop restarts)."""
+        if self._worker_error is not None:
+            raise self._worker_error
+
+    async def _work(self, tp: TopicPartition, q: _PartitionQueue) -> None:
+        """The worker of one input partition: its units one after the other, and its
+        deferred offsets when due; on stop, its deferred offset (see module docstring)."""
+        while not self._stopping:
+            deferred = self._deferred.get(tp)
+            wait_s: float | None = None
+            if deferred is not None:
+                wait_s = deferred[1] + self.defer_offsets_s - time.monotonic()
+                if wait_s <= 0:
+                    await self._flush_deferred_one(tp, float("inf"))
+                    continue
+            generation = self.generation
+            if q.generation != generation:
+                q.records.clear()
+            if q.records:
+                recs = q.records[: self.max_records]
+                del q.records[: self.max_records]
+                self._room.set()
                 await self._handle_unit(tp, recs, generation)
+                continue
+            q.wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(q.wakeup.wait(), wait_s)
+        await self._flush_deferred_one(tp, float("inf"))
+
+    async def _stop_workers(self) -> None:
+        for q in self._queues.values():
+            q.wakeup.set()
+        tasks = [q.task for q in self._queues.values() if q.task is not None]
+        if tasks:
+            await asyncio.gather(*tasks)
+        self._check_workers()
+
+    async def _cancel_workers(self) -> None:
+        queues, self._queues = self._queues, {}
+        tasks = [q.task for q in queues.values() if q.task is not None and not q.task.done()]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._worker_error = None
 
     async def _handle_unit(
         self,
@@ -422,27 +552,40 @@ class TransactionalLoop:
         if self.on_commit is not None:
             await self.on_commit(result)
 
+    async def _flush_deferred_one(self, tp: TopicPartition, older_than: float) -> None:
+        """Commit the deferred offset of ``tp`` if it waited since before ``older_than``
+        (monotonic), in an offsets-only transaction of the partition's producer (called
+        by the partition's worker only); an offset of an earlier generation (revoked
+        since) is dropped. A transient error is retried after a back-off."""
+        entry = self._deferred.get(tp)
+        if entry is None:
+            return
+        offset, since, generation = entry
+        producer = self.producers.get(tp)
+        if generation != self.generation or producer is None:
+            self._deferred.pop(tp, None)
+            return
+        if since > older_than:
+            return
+        try:
+            await self._commit(producer, BatchResult(), {tp: offset}, generation)
+        except _Revoked:
+            pass
+        except (RetryableError, KafkaError, OSError) as exc:
+            if _producer_broken(producer):
+                raise LoopFenced(f"producer in fatal state: {exc}") from exc
+            self.log.warning("deferred_offsets_not_committed", error_class=type(exc).__name__)
+            if not self._stopping:
+                await asyncio.sleep(self._backoff(1))
+            return
+        if self._deferred.get(tp, (None,))[0] == offset:
+            self._deferred.pop(tp, None)
+
     async def _flush_deferred(self, older_than: float) -> None:
-        """Commit deferred offsets that waited since before ``older_than`` (monotonic),
-        each in an offsets-only transaction of its partition's producer; offsets of an
-        earlier generation (revoked since) are dropped."""
-        for tp, (offset, since, generation) in list(self._deferred.items()):
-            if generation != self.generation or tp not in self.producers:
-                self._deferred.pop(tp, None)
-                continue
-            if since > older_than:
-                continue
-            try:
-                await self._commit(self.producers[tp], BatchResult(), {tp: offset}, generation)
-            except _Revoked:
-                pass
-            except (RetryableError, KafkaError, OSError) as exc:
-                if _producer_broken(self.producers[tp]):
-                    raise LoopFenced(f"producer in fatal state: {exc}") from exc
-                self.log.warning("deferred_offsets_not_committed", error_class=type(exc).__name__)
-                continue  # retried on the next poll
-            if self._deferred.get(tp, (None,))[0] == offset:
-                self._deferred.pop(tp, None)
+        """``_flush_deferred_one`` for every partition, one after the other (only where no
+        worker runs, e.g. in tests)."""
+        for tp in list(self._deferred):
+            await self._flush_deferred_one(tp, older_than)
 
     async def _commit(
         self,
@@ -556,6 +699,21 @@ class TransactionalLoop:
             if builder.record_count():
                 futures.append(await producer.send_batch(builder, topic, partition=partition))
         return futures
+
+
+def set_concurrent_transactions_backoff(ms: float) -> None:
+    """How long aiokafka's producers wait before retrying the first ``AddPartitionsToTxn``
+    of a transaction that the broker refused with ``CONCURRENT_TRANSACTIONS`` (process-wide).
+
+    After ``commit_transaction`` returns, the broker still writes the commit markers for a
+    few ms; a transaction begun on the same producer meanwhile is refused and retried after
+    aiokafka's fixed 20 ms (``sender.BACKOFF_OVERRIDE``, KAFKA-5477). With a pipeline per
+    partition a partition's next transaction often starts that soon, so its question waited
+    ~20 ms for nothing: back-to-back transactions on the local broker took 16 ms on average
+    with 20 ms, 6-7 ms with 2 ms (docs/benchmarks.md, 2026-12-04)."""
+    if not hasattr(_aiokafka_sender, "BACKOFF_OVERRIDE"):  # pragma: no cover - aiokafka changed
+        raise RuntimeError("aiokafka.producer.sender.BACKOFF_OVERRIDE is gone: re-check the loop")
+    _aiokafka_sender.BACKOFF_OVERRIDE = ms / 1000
 
 
 def _sender_task(producer: AIOKafkaProducer) -> asyncio.Task[None] | None:

@@ -81,6 +81,7 @@ class RouterService:
                 commit_timeout_s=settings.transaction_commit_timeout_s,
                 defer_offsets_s=settings.deferred_offsets_max_s,
                 linger_ms=settings.producer_linger_ms,
+                concurrent_txn_backoff_ms=settings.concurrent_transactions_backoff_ms,
                 session_timeout_ms=settings.consumer_session_timeout_ms,
                 heartbeat_interval_ms=settings.consumer_heartbeat_interval_ms,
             )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from loket_runtime.settings import BaseServiceSettings
 
 
@@ -37,9 +39,17 @@ class RouterSettings(BaseServiceSettings):
     #: nothing more; it only delayed every transaction's produce by this many ms
     #: (docs/benchmarks.md, end to end).
     producer_linger_ms: int = 0
+    #: Retry delay (ms) of a transaction's first ``AddPartitionsToTxn`` refused with
+    #: ``CONCURRENT_TRANSACTIONS`` because the same producer's previous commit is still
+    #: writing its markers (aiokafka's fixed default: 20 ms). Process-wide, see
+    #: ``loket_router.loop.set_concurrent_transactions_backoff``.
+    concurrent_transactions_backoff_ms: float = 2.0
     #: Consumer group session timeout: how long a killed router keeps its partitions.
     consumer_session_timeout_ms: int = 10000
     consumer_heartbeat_interval_ms: int = 3000
+    #: Event loop of the process (uvicorn's ``loop``): ``auto`` is uvloop when installed
+    #: (it is, in the workspace), else asyncio's. See docs/benchmarks.md, 2026-12-04.
+    event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
     #: How long the router keeps a case (question, shares, markers) in Redis.
     case_ttl_days: int = 400
     #: Create the Loket topics (with ``topic_prefix``) at start-up when missing.

@@ -1,5 +1,8 @@
 """TransactionalLoop: every wait on a producer is bounded (docs/reliability.md B5);
-units with nothing to publish defer their offsets instead of committing a transaction.
+units with nothing to publish defer their offsets instead of committing a transaction;
+the per-partition pipeline (partitions commit independently, each in order, at most one
+unit in flight per partition; records queued before a rebalance are dropped; a dying
+worker restarts the loop).
 
 A fake transactional producer stands in for aiokafka's: its "sender task" is a real
 asyncio task the tests end or leave hanging, its requests are futures the tests leave
@@ -260,3 +263,196 @@ async def test_deferred_offsets_are_committed_when_due_and_dropped_after_a_revok
     loop.generation += 1  # revoked: the next owner reads record 6 again
     await loop._flush_deferred(float("inf"))
     assert producer.calls == ["begin", "offsets", "commit"] and not loop._deferred
+
+
+# ----------------------------------------------------------------- the pipeline
+
+TP1 = TopicPartition(TP.topic, 1)
+
+
+class _PRec:
+    def __init__(self, tp: TopicPartition, offset: int) -> None:
+        self.topic, self.partition, self.offset = tp.topic, tp.partition, offset
+        self.key, self.value, self.headers = b"k", b"{}", []
+
+
+class _GatedProducer(FakeProducer):
+    """Records the offsets of every transaction; a commit waits for ``gate``; every step
+    sets ``progress``."""
+
+    def __init__(self, progress: asyncio.Event) -> None:
+        super().__init__()
+        self.progress = progress
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.in_commit = asyncio.Event()
+        self.offsets: list[int] = []
+
+    async def send_offsets_to_transaction(self, offsets: Any, group_id: str) -> None:
+        self.offsets.extend(offsets.values())
+        await self._step("offsets")
+        self.progress.set()
+
+    async def commit_transaction(self) -> None:
+        self.in_commit.set()
+        await self.gate.wait()
+        await super().commit_transaction()
+        self.progress.set()
+
+
+def pipeline_loop(*tps: TopicPartition) -> tuple[TransactionalLoop, list[tuple[int, list[int]]]]:
+    """A loop whose processor publishes one output per unit and logs (partition, offsets)
+    of every unit it is called with, and a gated producer per partition; the loop's
+    ``progress`` event is set on every call (``until`` waits on it)."""
+    from loket_router.handlers import Outgoing
+    from loket_schemas.kafka import KafkaRecord
+
+    loop = make_loop()
+    loop.store = _Store()  # type: ignore[assignment]
+    progress = asyncio.Event()
+    loop.progress = progress  # type: ignore[attr-defined]
+    units: list[tuple[int, list[int]]] = []
+
+    async def process(records: Any) -> BatchResult:
+        units.append((records[0].partition, [r.offset for r in records]))
+        progress.set()
+        return BatchResult(outgoing=[Outgoing("out", KafkaRecord(b"k", b"v", ()))])
+
+    async def no_send(producer: Any, result: Any) -> list[Any]:
+        return []
+
+    loop.processor.process = process  # type: ignore[method-assign]
+    loop._send_all = no_send  # type: ignore[method-assign]
+    for tp in tps:
+        loop.producers[tp] = _GatedProducer(progress)  # type: ignore[assignment]
+    return loop, units
+
+
+def recs(tp: TopicPartition, *offsets: int) -> list[Any]:
+    return [_PRec(tp, o) for o in offsets]
+
+
+async def until(loop: TransactionalLoop, condition: Any, within_s: float = 5.0) -> None:
+    """Wait until ``condition()`` holds, re-checked whenever the loop made progress."""
+    progress: asyncio.Event = loop.progress  # type: ignore[attr-defined]
+    async with asyncio.timeout(within_s):
+        while not condition():
+            progress.clear()
+            await progress.wait()
+
+
+async def test_partitions_commit_independently_each_in_order_one_unit_in_flight() -> None:
+    loop, units = pipeline_loop(TP, TP1)
+    p0: _GatedProducer = loop.producers[TP]  # type: ignore[assignment]
+    p1: _GatedProducer = loop.producers[TP1]  # type: ignore[assignment]
+    p0.gate.clear()  # partition 0's first transaction stays in flight
+    try:
+        loop._enqueue(TP, recs(TP, 0, 1), loop.generation)
+        await asyncio.wait_for(p0.in_commit.wait(), 5)
+        loop._enqueue(TP, recs(TP, 2), loop.generation)  # queued behind the one in flight
+        loop._enqueue(TP, recs(TP, 3), loop.generation)
+        loop._enqueue(TP1, recs(TP1, 0), loop.generation)
+        await until(loop, lambda: p1.offsets == [1] and "commit" in p1.calls)
+        assert units == [(0, [0, 1]), (1, [0])]  # partition 0's next unit waits
+        assert not loop.idle.is_set()  # partition 0's commit is still in flight
+        p0.gate.set()
+        await until(loop, lambda: p0.offsets == [2, 4] and p0.calls.count("commit") == 2)
+        # what queued meanwhile forms one unit, in offset order
+        assert units == [(0, [0, 1]), (1, [0]), (0, [2, 3])]
+        assert loop.idle.is_set()
+    finally:
+        loop._stopping = True
+        await loop._stop_workers()
+
+
+async def test_records_queued_before_a_rebalance_are_dropped() -> None:
+    loop, units = pipeline_loop(TP)
+    p0: _GatedProducer = loop.producers[TP]  # type: ignore[assignment]
+    p0.gate.clear()
+    try:
+        loop._enqueue(TP, recs(TP, 0), loop.generation)
+        await asyncio.wait_for(p0.in_commit.wait(), 5)
+        loop._enqueue(TP, recs(TP, 1, 2), loop.generation)
+        loop.generation += 1  # a revoke: the commit in flight completes, the queue is stale
+        p0.gate.set()
+        await until(loop, lambda: p0.calls.count("commit") == 1)
+        loop._enqueue(TP, recs(TP, 1), loop.generation)  # read again after the rebalance
+        await until(loop, lambda: p0.calls.count("commit") == 2)
+        assert units == [(0, [0]), (0, [1])] and p0.offsets == [1, 2]
+    finally:
+        loop._stopping = True
+        await loop._stop_workers()
+
+
+async def test_a_full_queue_is_not_fetched() -> None:
+    loop, _ = pipeline_loop(TP, TP1)
+    loop.max_records = 2
+    p0: _GatedProducer = loop.producers[TP]  # type: ignore[assignment]
+    p0.gate.clear()
+    try:
+        assert loop._fetchable({TP, TP1}) == ()
+        loop._enqueue(TP, recs(TP, 0), loop.generation)
+        await asyncio.wait_for(p0.in_commit.wait(), 5)
+        loop._enqueue(TP, recs(TP, 1, 2), loop.generation)
+        assert loop._fetchable({TP, TP1}) == (TP1,)
+        assert loop._fetchable({TP}) is None  # nothing to fetch: wait for room
+        loop.generation += 1  # a stale queue does not count
+        assert loop._fetchable({TP, TP1}) == ()
+    finally:
+        p0.gate.set()
+        loop._stopping = True
+        await loop._stop_workers()
+
+
+async def test_a_dying_worker_restarts_the_loop() -> None:
+    loop, _ = pipeline_loop(TP, TP1)
+
+    async def fenced(records: Any) -> BatchResult:
+        raise LoopFenced("producer fenced")
+
+    loop.processor.process = fenced  # type: ignore[method-assign]
+    loop._enqueue(TP, recs(TP, 0), loop.generation)
+    task = loop._queues[TP].task
+    assert task is not None
+    with pytest.raises(LoopFenced):
+        await task
+    assert loop._room.is_set()  # the fetch loop wakes up
+    with pytest.raises(LoopFenced, match="producer fenced"):
+        loop._check_workers()
+    await loop._cancel_workers()
+    assert loop._worker_error is None and not loop._queues
+
+
+async def test_a_worker_commits_its_deferred_offset_when_due_and_on_stop() -> None:
+    loop, units = pipeline_loop(TP)
+    loop.defer_offsets_s = 0.05
+    p0: _GatedProducer = loop.producers[TP]  # type: ignore[assignment]
+
+    async def nothing(records: Any) -> BatchResult:
+        units.append((records[0].partition, [r.offset for r in records]))
+        loop.progress.set()  # type: ignore[attr-defined]
+        return BatchResult()
+
+    loop.processor.process = nothing  # type: ignore[method-assign]
+    loop._enqueue(TP, recs(TP, 0), loop.generation)
+    await until(loop, lambda: p0.offsets == [1])  # due after 50 ms: an offsets-only transaction
+    loop.defer_offsets_s = 60.0
+    loop._enqueue(TP, recs(TP, 1), loop.generation)
+    await until(loop, lambda: len(units) == 2)
+    assert TP in loop._deferred and p0.offsets == [1]
+    loop._stopping = True
+    await loop._stop_workers()  # stopping commits it
+    assert p0.offsets == [1, 2] and not loop._deferred
+
+
+def test_the_concurrent_transactions_backoff_is_set_on_aiokafka() -> None:
+    from aiokafka.producer import sender
+
+    from loket_router.loop import set_concurrent_transactions_backoff
+
+    before = sender.BACKOFF_OVERRIDE
+    try:
+        set_concurrent_transactions_backoff(2)
+        assert sender.BACKOFF_OVERRIDE == 0.002
+    finally:
+        sender.BACKOFF_OVERRIDE = before
