@@ -85,3 +85,28 @@ async def test_write_load_markers_and_withdrawals(redis_client: Any, redis_prefi
     assert await store.done([]) == [] and await store.withdrawals([]) == {}
     await store.write(Writes())
     await store.mark_done([])
+
+
+async def test_fields_travel_to_redis_unchanged(redis_client: Any, redis_prefix: str) -> None:
+    """The write script gets the fields as one JSON text (cjson in Redis): quotes,
+    backslashes, control characters, non-ASCII and line separators arrive byte for byte."""
+    store = RedisStore(redis_client, redis_prefix, 600)
+    odd = 'Q "quoted" \\ back\n\ttab \x00\x01\x1f\x7f é ü ß 😀 \u2028 \u2029 \ufeff ' + "x" * 3000
+    q = question("odd").model_copy(update={"text": odd})
+    writes = Writes(
+        questions=[q],
+        leads={"odd": AgencyCode.UWV},
+        roles=[("odd", AgencyCode.UWV, AgencyRole.LEAD)],
+        via=[("odd", AgencyCode.UWV, 'escalation:h-"1"\\é')],
+        shares=[("odd", domain.ConsentShare(AgencyCode.UWV, "c-é😀", frozenset(DataCategory)))],
+        withdrawals=[("odd", domain.Withdrawal("c-\n1"))],
+    )
+    await store.write(writes)
+    raw = await redis_client.hgetall(store.key("case", "odd"))
+    assert raw[b"question"] == q.model_dump_json().encode()
+    assert raw[f"via|{AgencyCode.UWV.value}".encode()] == 'escalation:h-"1"\\é'.encode()
+    state = (await store.load(["odd"], full=True))["odd"]
+    assert state.question == q and state.question.text == odd
+    assert state.via == {AgencyCode.UWV: 'escalation:h-"1"\\é'}
+    assert state.shares == [domain.ConsentShare(AgencyCode.UWV, "c-é😀", frozenset(DataCategory))]
+    assert state.withdrawals == {"c-\n1": domain.Withdrawal("c-\n1")}
