@@ -635,6 +635,10 @@ class RoutingEngine:
         its atoms follow in order; stopwords of the text may be skipped between them (not
         before the first), at most two per phrase.
         """
+        first_length, first_phrases, _ = groups[0]
+        if first_length == 1:
+            # the first atom is the index key: every one-atom phrase matches here
+            return list(first_phrases), i + 1
         n = len(atoms)
         stopwords = self.stopwords
         # The atoms a phrase's second atom can match: the next one, or the one after one or
@@ -649,7 +653,6 @@ class RoutingEngine:
                     reach.append(atoms[i + 3])
         for length, phrases, by_second in groups:
             if length == 1:
-                # the first atom is the index key: every one-atom phrase matches here
                 return list(phrases), i + 1
             candidates: list[tuple[int, _Phrase]] = []
             for atom in reach:
