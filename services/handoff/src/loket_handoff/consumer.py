@@ -13,17 +13,21 @@ and loket.consent.v1 with ``read_committed`` and without auto-commit:
    After ``retry_attempts`` the loop restarts from the committed offsets (fresh
    consumer), like FastStream's redelivery did before.
 4. When every group is done: ONE commit with explicit offsets (last offset + 1 per
-   partition of the batch). A commit that fails because the group rebalanced
-   (``CommitFailedError``, ``IllegalStateError``) is logged and counted, not retried:
-   the new owner of the partition reads those records again and applies them
-   idempotently (at-least-once).
+   partition of the batch). The commit runs while the next batch is fetched and
+   handled (its round trip is off the loop's path); the next batch's commit, a revoke
+   and the loop's end first wait for it, so commits stay in order and an error of it
+   still restarts the loop (which then reads from the committed offsets: the next
+   batch's records are handled again, idempotently). A commit that fails because the
+   group rebalanced (``CommitFailedError``, ``IllegalStateError``) is logged and
+   counted, not retried: the new owner of the partition reads those records again and
+   applies them idempotently (at-least-once).
 
 Rebalances: the listener bumps a generation counter on revoke and waits for the batch in
-flight (a lock), so a finished batch commits before the partitions go; a batch still
-retrying when its partitions are revoked stops retrying and commits nothing. The wait is
-bounded (``revoke_wait_s``, below the group's rebalance timeout): a batch that takes
-longer does not hold up the whole group; its commit then fails as "rebalanced" and the new
-owner reads its records again.
+flight (a lock) and its commit, so a finished batch commits before the partitions go; a
+batch still retrying when its partitions are revoked stops retrying and commits nothing.
+The wait is bounded (``revoke_wait_s``, below the group's rebalance timeout): a batch
+that takes longer does not hold up the whole group; its commit then fails as
+"rebalanced" and the new owner reads its records again.
 
 Nothing in the loop waits without a bound: the offset commit has a deadline
 (``commit_timeout_s``; past it the loop restarts from the committed offsets), the loop
@@ -70,7 +74,7 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         try:
             async with asyncio.timeout(self.loop.revoke_wait_s):
                 async with self.loop.batch_lock:
-                    pass
+                    await self.loop.commit_done(raise_errors=False)
         except TimeoutError:
             self.loop.log.warning(
                 "revoke_without_batch", waited_s=self.loop.revoke_wait_s, partitions=len(revoked)
@@ -129,6 +133,9 @@ class HandoffConsumer:
         self._started = asyncio.Event()
         self._last_poll = 0.0
         self._restarts = 0
+        #: The offset commit of the last handled batch, running while the next one is
+        #: fetched and handled (see :meth:`commit_done`).
+        self._commit_task: asyncio.Task[None] | None = None
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -230,7 +237,10 @@ class HandoffConsumer:
                 )
                 if batch:
                     await self._handle_batch(consumer, batch)
+            await self.commit_done()  # the last batch's commit, before the consumer stops
         finally:
+            with contextlib.suppress(Exception):
+                await self.commit_done(raise_errors=False)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(consumer.stop(), 10.0)
 
@@ -270,9 +280,30 @@ class HandoffConsumer:
                     self.log.info("batch_abandoned_on_revoke", records=len(records))
                     return  # the partitions' next owner reads them again
                 pending = failed
-            await self._commit(consumer, offsets)
+            await self.commit_done()  # the previous batch's commit first: commits in order
+            self._commit_task = asyncio.create_task(
+                self._commit(consumer, offsets), name="handoff-offset-commit"
+            )
             self.metrics.batches.observe(len(records))
             self.metrics.batch_seconds.observe(time.perf_counter() - started)
+
+    async def commit_done(self, *, raise_errors: bool = True) -> None:
+        """Wait for the offset commit of the last handled batch (if any is running).
+
+        Its error (:class:`CommitTimeout`, a Kafka error) is raised here, restarting the
+        loop, unless ``raise_errors`` is False (revoke, stop: it was logged and counted).
+        The commit is bounded by ``commit_timeout_s`` itself.
+        """
+        task, self._commit_task = self._commit_task, None
+        if task is None:
+            return
+        try:
+            # shielded: if the caller is cancelled, the commit still ends within its bound
+            await asyncio.shield(task)
+        except Exception as exc:
+            if raise_errors:
+                raise
+            self.log.warning("commit_failed", error=f"{type(exc).__name__}: {exc}"[:300])
 
     async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]
                       ) -> None:  # fmt: skip

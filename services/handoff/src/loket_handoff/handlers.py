@@ -166,6 +166,54 @@ class HandoffService:
         async with self.store.session(case_id) as loaded:
             yield loaded
 
+    async def open_cases(self, case_ids: Sequence[str]) -> dict[str, LoadedCase | None]:
+        """Lock and load many cases in ONE Redis round trip (the batch consumer).
+
+        case id -> loaded case, or None when its lock is held elsewhere (use
+        :meth:`case_session` for it). The ``*_in`` use cases on these cases stage their
+        projection writes; :meth:`close_cases` writes them all and releases the locks.
+        """
+        return await self.store.lock_load_many(case_ids)
+
+    async def close_cases(self, sessions: Sequence[LoadedCase]) -> list[BaseException | None]:
+        """Write the staged applies of ``sessions`` and release their locks (ONE round
+        trip); per case None (written) or :class:`LeaseExpired` (the lock's lease ran
+        out before the write: nothing of that case written, its published events stay
+        unconfirmed). Raises if the write call itself fails (all stay unconfirmed)."""
+        done = await self.store.write_many(sessions)
+        return [
+            None
+            if ok
+            else LeaseExpired(
+                f"case lock {loaded.lock_key} lost before the batch write (lease ran out): "
+                "nothing written from the stale load"
+            )
+            for loaded, ok in zip(sessions, done, strict=True)
+        ]
+
+    def abandon_cases(self, sessions: Sequence[LoadedCase]) -> None:
+        """The staged applies of ``sessions`` will not be written (e.g. cancelled): their
+        published events stay unconfirmed; the locks expire with their lease."""
+        self.store.abandon(sessions)
+
+    @staticmethod
+    def _when_written(
+        loaded: LoadedCase, done: Callable[[], None], lost: Callable[[], None] | None = None
+    ) -> None:
+        """Run ``done`` once the apply just made on ``loaded`` is in Redis (now, or when a
+        batch session's staged writes were written); ``lost`` if they were not."""
+        if loaded.staged is None:
+            done()
+            return
+
+        def outcome(ok: bool) -> None:
+            if ok:
+                done()
+            elif lost is not None:
+                lost()
+
+        loaded.after_write.append(outcome)
+
     def recently_applied(self, event_id: str) -> bool:
         """True if this process applied ``event_id`` to the projection (bounded memory).
 
@@ -229,9 +277,14 @@ class HandoffService:
         applied = await self.store.apply(
             loaded, [(envelope.attributes.id, envelope.data, envelope.attributes.time)]
         )
-        pending = self._unconfirmed.get(envelope.data.case_id)
-        if pending is not None and all(short_id(item[0]) in loaded.applied for item in pending):
-            del self._unconfirmed[envelope.data.case_id]  # every one landed (echoed back)
+        case_id = envelope.data.case_id
+
+        def landed() -> None:
+            pending = self._unconfirmed.get(case_id)
+            if pending is not None and all(short_id(i[0]) in loaded.applied for i in pending):
+                del self._unconfirmed[case_id]  # every one landed (echoed back)
+
+        self._when_written(loaded, landed)
         return bool(applied.new_events)
 
     async def on_consent(self, envelope: Envelope[ConsentGiven | ConsentWithdrawn]) -> bool:
@@ -479,7 +532,12 @@ class HandoffService:
         except Exception:
             self._keep_unconfirmed(case_id, items)
             raise
-        self._remember([event_id for event_id, _, _, _, again in items if again])
+        published = [event_id for event_id, _, _, _, again in items if again]
+        self._when_written(
+            loaded,
+            lambda: self._remember(published),
+            lambda: self._keep_unconfirmed(case_id, items),
+        )
 
     def _keep_unconfirmed(self, case_id: str, items: Sequence[Unconfirmed]) -> None:
         pending = self._unconfirmed.setdefault(case_id, [])

@@ -2,12 +2,15 @@
 
 Checks decode -> handler -> publisher, poison -> DLQ, invalid command -> rejection, the
 echo of our own events skipped without Redis, per-case order inside a batch with
-concurrent cases, retry of only the failed case groups, the consumer loop's commit
-handling, and the OpenAPI description of the HTTP API.
+concurrent cases, retry of only the failed case groups, the batch session (one lock+load
+and one write call per batch, a case locked elsewhere in its own session, the lock token
+fencing per case, the scripts reloaded by sha), the consumer loop's commit handling, and
+the OpenAPI description of the HTTP API.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from dataclasses import dataclass
@@ -16,12 +19,12 @@ from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
-from aiokafka.errors import CommitFailedError
+from aiokafka.errors import CommitFailedError, KafkaConnectionError
 
 from loket_handoff.app import create_app
 from loket_handoff.consumer import HandoffConsumer
 from loket_handoff.domain import handoff_id_for
-from loket_handoff.errors import Retryable
+from loket_handoff.errors import LeaseExpired, Retryable
 from loket_handoff.settings import HandoffSettings
 from loket_schemas import topics
 from loket_schemas.events import (
@@ -30,6 +33,7 @@ from loket_schemas.events import (
     AgencyRole,
     CaseRouted,
     ContactPerson,
+    HandoffAccepted,
     Message,
 )
 from loket_schemas.kafka import decode, encode, service_source
@@ -183,6 +187,153 @@ async def test_batch_keeps_case_order_and_retries_only_failed_cases(wired: Any) 
     assert [e.kind for e in await store.timeline(cases[0])] == ["routed", "offered", "accepted"]
 
 
+async def test_batch_session_locks_loads_and_writes_every_case_in_one_call_each(
+    wired: Any,
+) -> None:
+    """A batch of many cases costs two Redis script calls (lock+load, write+release),
+    whatever the number of cases; every lock is released afterwards."""
+    app, processor, recorder, _ = wired
+    store = app.state.handoff_store
+    calls: list[str] = []
+    real = store._send_packed
+
+    async def counting(command: tuple[Any, ...]) -> Any:
+        calls.append(command[1])
+        return await real(command)
+
+    store._send_packed = counting
+    cases = [str(uuid.uuid4()) for _ in range(30)]
+    batch = [record(topics.HANDOFFS, routed(c)) for c in cases]
+    assert await processor.process(batch) == ([], None)
+    assert calls == [store._lock_load_many.sha, store._write_many.sha]
+    assert len(recorder.events) == 30
+    for c in cases:
+        assert [e.kind for e in await store.timeline(c)] == ["routed", "offered"]
+        assert not await store.redis.exists(store.k("lock", c))
+
+
+async def test_case_locked_elsewhere_waits_for_its_lock_in_its_own_session(wired: Any) -> None:
+    """A case whose lock another session holds (HTTP API, timer, other instance) is not
+    part of the batch session: it waits for the lock and is handled in its own session,
+    against what the other session wrote."""
+    app, processor, _, _ = wired
+    store, service = app.state.handoff_store, app.state.handoff_service
+    busy, free = str(uuid.uuid4()), str(uuid.uuid4())
+    assert await processor.process([record(topics.HANDOFFS, routed(busy))]) == ([], None)
+    holding, waiting, release = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def other_session() -> None:
+        async with service.case_session(busy):
+            holding.set()
+            await release.wait()
+
+    real_session = service.case_session
+
+    def session_spy(case_id: str) -> Any:
+        waiting.set()
+        return real_session(case_id)
+
+    service.case_session = session_spy
+    other = asyncio.create_task(other_session())
+    await holding.wait()
+    batch = [
+        record(topics.HANDOFF_RESPONSES, accept(busy), source="urn:agency:duo"),
+        record(topics.HANDOFFS, routed(free)),
+    ]
+    handling = asyncio.create_task(processor.process(batch))
+    await waiting.wait()  # the busy case went to its own session (waiting for the lock)
+    assert not handling.done()
+    release.set()
+    await other
+    assert await handling == ([], None)
+    case = await store.get_case(busy)
+    assert case is not None and case.owner == "agency:duo"
+    assert [e.kind for e in await store.timeline(free)] == ["routed", "offered"]
+    for c in (busy, free):
+        assert not await store.redis.exists(store.k("lock", c))
+
+
+async def test_lease_lost_before_the_batch_write_writes_nothing_of_that_case(
+    wired: Any,
+) -> None:
+    """B4 fencing per case in the batch write: a case whose lock was taken over while its
+    offers were published writes nothing (the other cases are written); its offers stay
+    unconfirmed, and the retry publishes the SAME events again instead of deciding anew."""
+    app, processor, recorder, _ = wired
+    store, service = app.state.handoff_store, app.state.handoff_service
+    lost, kept = str(uuid.uuid4()), str(uuid.uuid4())
+    real_publish = recorder.publish_many
+
+    async def publish_then_lose_lock(items: list[tuple[Message, str, Any]]) -> None:
+        await real_publish(items)
+        if any(m.case_id == lost for m, _, _ in items):
+            # the lease ran out and another session took the lock meanwhile
+            await store.redis.set(store.k("lock", lost), "another-session")
+
+    recorder.publish_many = publish_then_lose_lock
+    batch = [record(topics.HANDOFFS, routed(lost)), record(topics.HANDOFFS, routed(kept))]
+    failed, error = await processor.process(batch)
+    assert isinstance(error, LeaseExpired)
+    assert [r.key.decode() for r in failed] == [lost]
+    assert await store.get_case(lost) is None and await store.timeline(lost) == []
+    assert [e.kind for e in await store.timeline(kept)] == ["routed", "offered"]
+    [(offer_id, offer)] = [(i, m) for i, m in recorder.events if m.case_id == lost]
+    assert offer_id in service.unconfirmed(lost)  # with the CaseRouted applied with it
+    assert await store.redis.get(store.k("lock", lost)) == b"another-session"
+    await store.redis.delete(store.k("lock", lost))  # the other session ends
+    recorder.publish_many = real_publish
+    assert await processor.process(failed) == ([], None)
+    again = [(i, m) for i, m in recorder.events if m.case_id == lost]
+    assert again == [(offer_id, offer), (offer_id, offer)]  # published again, not re-decided
+    assert [e.kind for e in await store.timeline(lost)] == ["routed", "offered"]
+    assert service.unconfirmed(lost) == []
+    assert (await store.stats()).get("offered:duo") == 2
+
+
+async def test_failed_step_keeps_the_written_steps_before_it(wired: Any) -> None:
+    """A case whose second record fails still gets the first record's (acknowledged)
+    events written; the retry of both records decides nothing twice."""
+    app, processor, recorder, _ = wired
+    store = app.state.handoff_store
+    case_id = str(uuid.uuid4())
+    real_publish = recorder.publish_many
+
+    async def accept_fails(items: list[tuple[Message, str, Any]]) -> None:
+        if any(isinstance(m, HandoffAccepted) for m, _, _ in items):
+            raise Retryable("simulated Kafka trouble")
+        await real_publish(items)
+
+    recorder.publish_many = accept_fails
+    batch = [
+        record(topics.HANDOFFS, routed(case_id)),
+        record(topics.HANDOFF_RESPONSES, accept(case_id), source="urn:agency:duo"),
+    ]
+    failed, error = await processor.process(batch)
+    assert isinstance(error, Retryable) and len(failed) == 2
+    assert [e.kind for e in await store.timeline(case_id)] == ["routed", "offered"]
+    assert not await store.redis.exists(store.k("lock", case_id))
+    recorder.publish_many = real_publish
+    assert await processor.process(failed) == ([], None)
+    assert [e.kind for e in await store.timeline(case_id)] == ["routed", "offered", "accepted"]
+    assert [type(m).__name__ for _, m in recorder.events] == [
+        "HandoffOffered",
+        "HandoffAccepted",
+    ]
+
+
+async def test_batch_scripts_are_loaded_again_after_a_redis_script_flush(wired: Any) -> None:
+    """The batch scripts are sent by their sha; an unknown sha (Redis restarted or its
+    script cache flushed) loads the script again."""
+    app, processor, _, _ = wired
+    store = app.state.handoff_store
+    store._lock_load_many.sha = "0" * 40
+    store._write_many.sha = "0" * 40
+    case_id = str(uuid.uuid4())
+    assert await processor.process([record(topics.HANDOFFS, routed(case_id))]) == ([], None)
+    assert [e.kind for e in await store.timeline(case_id)] == ["routed", "offered"]
+    assert store._write_many.sha != "0" * 40
+
+
 class FakeConsumer:
     def __init__(self, error: Exception | None) -> None:
         self.error = error
@@ -231,7 +382,25 @@ async def test_consumer_commits_explicit_offsets_after_retrying_failed_groups(
     fake = FakeConsumer(None)
     await loop._handle_batch(fake, batch)
     assert processor.calls == [3, 1, 1]  # only the failed records are retried
+    await loop.commit_done()  # the commit runs while the next batch is fetched
     assert fake.commits == [{tp0: 7, tp1: 42}]
+    # the next batch's commit waits for the previous one: commits stay in order
+    await loop._handle_batch(fake, {tp0: [Rec("t", b"a", b"", [], 0, 7)]})
+    await loop._handle_batch(fake, {tp1: [Rec("t", b"c", b"", [], 1, 42)]})
+    await loop.commit_done()
+    assert fake.commits == [{tp0: 7, tp1: 42}, {tp0: 8}, {tp1: 43}]
+
+
+async def test_a_failed_offset_commit_surfaces_at_the_next_batch(wired: Any) -> None:
+    """The commit runs in the background; its error (not a rebalance) is raised when the
+    next batch commits, which restarts the loop from the committed offsets."""
+    app = wired[0]
+    loop = consumer_for(app, ListProcessor(fail_times=0))
+    fake = FakeConsumer(KafkaConnectionError("coordinator gone"))
+    await loop._handle_batch(fake, {TopicPartition("t", 0): [Rec("t", b"a", b"", [], 0, 5)]})
+    with pytest.raises(KafkaConnectionError):
+        await loop._handle_batch(fake, {TopicPartition("t", 0): [Rec("t", b"a", b"", [], 0, 6)]})
+    assert app.state.handoff_metrics.commit_failures._value.get() == 1
 
 
 async def test_consumer_survives_a_commit_that_fails_after_a_rebalance(wired: Any) -> None:
@@ -239,7 +408,8 @@ async def test_consumer_survives_a_commit_that_fails_after_a_rebalance(wired: An
     loop = consumer_for(app, ListProcessor(fail_times=0))
     batch = {TopicPartition("t", 0): [Rec("t", b"a", b"", [], 0, 5)]}
     fake = FakeConsumer(CommitFailedError("rebalanced"))
-    await loop._handle_batch(fake, batch)  # does not raise
+    await loop._handle_batch(fake, batch)
+    await loop.commit_done()  # does not raise
     assert app.state.handoff_metrics.commit_failures._value.get() == 1
 
 
