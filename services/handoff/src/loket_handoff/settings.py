@@ -47,7 +47,8 @@ class HandoffSettings(BaseServiceSettings):
     handoff_group_id: str = "loket-handoff"
     #: Records per consumed batch (one offset commit per batch).
     handoff_batch_max_records: int = Field(default=500, ge=1)
-    #: Cases handled concurrently within a batch (each case's records stay in order).
+    #: Cases of a batch whose lock is held elsewhere, handled concurrently in their own
+    #: sessions (each waits for its lock; the batch session runs the others together).
     handoff_concurrency: int = Field(default=64, ge=1)
 
     def key_hashes(self) -> dict[str, str]:
