@@ -247,6 +247,31 @@ def _permissions(agency: Agency) -> dict[DataCategory, tuple[LegalBasis, bool]]:
     return table
 
 
+#: id(agency) -> (agency, {category: its decide_share result when consent plays no role})
+_FIXED: dict[int, tuple[Agency, dict[DataCategory, SharedCategory | WithheldCategory]]] = {}
+
+
+def _fixed_decisions(agency: Agency) -> dict[DataCategory, SharedCategory | WithheldCategory]:
+    """Per category, what ``decide_share`` decides for ``agency`` whatever the consent:
+    withheld without a permission (rule 1), shared on a basis other than consent for a
+    category that is not special (rule 2); the other categories are not in the table."""
+    found = _FIXED.get(id(agency))
+    if found is not None and found[0] is agency:
+        return found[1]
+    permissions = _permissions(agency)
+    table: dict[DataCategory, SharedCategory | WithheldCategory] = {}
+    for category in DataCategory:
+        permission = permissions.get(category)
+        if permission is None:
+            table[category] = withheld_category(category, WithheldReason.NO_LEGAL_BASIS)
+        elif category not in SPECIAL_CATEGORIES and not permission[1]:
+            table[category] = shared_category(category, permission[0])
+    if len(_FIXED) >= _CACHE_MAX:
+        _FIXED.clear()
+    _FIXED[id(agency)] = (agency, table)
+    return table
+
+
 def shared_category(category: DataCategory, basis: LegalBasis) -> SharedCategory:
     """One (immutable, shared) ``SharedCategory`` per category and basis object."""
     key = (category, id(basis))
@@ -301,7 +326,15 @@ def build_manifest(
     shared: list[SharedCategory] = []
     withheld: list[WithheldCategory] = []
     on_consent = False
+    fixed = _fixed_decisions(agency)
     for category in categories:
+        found = fixed.get(category)
+        if found is not None:  # no consent involved (rules 1, 2): same as decide_share
+            if type(found) is SharedCategory:
+                shared.append(found)
+            else:
+                withheld.append(found)  # type: ignore[arg-type]
+            continue
         decision = decide_share(category, agency, consent, at, withdrawals)
         if isinstance(decision, SharedCategory):
             shared.append(decision)

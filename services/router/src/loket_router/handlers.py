@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -500,14 +501,38 @@ class RouterContext:
             self.log.warning(event, **kw)
 
 
+class _SpanIds:
+    """Random 64-bit span ids as 16 hex digits, like ``secrets.token_hex(8)`` (which
+    ``TraceContext.child`` uses), read from ``os.urandom`` 512 at a time: one system call
+    per 512 ids instead of one per routed question."""
+
+    def __init__(self) -> None:
+        self._hex = ""
+        self._pos = 0
+
+    def next(self) -> str:
+        pos = self._pos
+        if pos >= len(self._hex):
+            self._hex = os.urandom(4096).hex()
+            pos = 0
+        self._pos = pos + 16
+        return self._hex[pos : pos + 16]
+
+
+_span_ids = _SpanIds()
+
+
 def trace_of(record: ConsumerRecordLike, env: Envelope[Any] | None = None) -> TraceContext:
-    """The router's span for this record: a child of the incoming traceparent (or new)."""
+    """The router's span for this record: a child of the incoming traceparent (or new);
+    ``parent.child()`` with a pooled random span id."""
     parent = env.attributes.trace if env is not None else None
     if parent is None:
         for name, value in record.headers or ():
             if name == "traceparent":
                 parent = parse_traceparent(value.decode("utf-8", "replace"))
-    return (parent or new_trace()).child()
+    if parent is None:
+        parent = new_trace()
+    return TraceContext(parent.trace_id, _span_ids.next(), parent.flags)
 
 
 def dead_letter(

@@ -30,10 +30,11 @@ from loket_router.handlers import (
     RouterContext,
     message_json,
     to_record,
+    trace_of,
 )
 from loket_router.routing import classify
 from loket_router.store import CaseState
-from loket_schemas.catalog import load_agencies
+from loket_schemas.catalog import CategoryPermission, load_agencies
 from loket_schemas.events import (
     REGISTRY,
     CaseDelivered,
@@ -42,13 +43,17 @@ from loket_schemas.events import (
     DataShareLogged,
     MessageDeadLettered,
     QuestionReceived,
+    SharedCategory,
+    SharingManifest,
 )
 from loket_schemas.kafka import decode, encode, service_source
-from loket_schemas.tracing import new_trace
+from loket_schemas.tracing import new_trace, parse_traceparent
 from loket_schemas.vocabulary import (
     AgencyCode,
     ContactDetails,
     DataCategory,
+    GdprBasis,
+    LegalBasis,
     PersonRequester,
 )
 
@@ -273,3 +278,56 @@ def test_naive_clock_and_empty_routing_are_refused() -> None:
         domain.deliver(
             q, assignment, AgencyCode.DUO, manifest, pseudonym=None, at=NOW.replace(tzinfo=None)
         )
+
+
+def test_manifest_tables_decide_like_decide_share() -> None:
+    """build_manifest's per-agency tables give what decide_share gives, for every agency,
+    category and a range of consents and withdrawals."""
+    consents = [
+        None,
+        consent(),
+        consent(categories=list(DataCategory), explicit=True),
+        consent(categories=list(DataCategory), recipients=[AgencyCode.DUO]),
+        consent(expires_at=NOW - timedelta(minutes=1)),
+        consent(purpose="research"),
+    ]
+    withdrawn = {"c-1": domain.Withdrawal("c-1", frozenset({DataCategory.CONTACT}))}
+    agencies = list(load_agencies().agencies)
+    # special categories on a basis other than consent still need explicit consent (rule 4)
+    public_task = LegalBasis(article=GdprBasis.PUBLIC_TASK)
+    agencies.append(
+        agencies[0].model_copy(
+            update={
+                "may_receive": [
+                    CategoryPermission(category=c, basis=public_task) for c in DataCategory
+                ]
+            }
+        )
+    )
+    for agency in agencies:
+        for given in consents:
+            for withdrawals in (None, withdrawn):
+                manifest = domain.build_manifest(
+                    list(DataCategory), agency, given, NOW, withdrawals
+                )
+                decisions = [
+                    domain.decide_share(c, agency, given, NOW, withdrawals) for c in DataCategory
+                ]
+                assert manifest.shared == [d for d in decisions if isinstance(d, SharedCategory)]
+                assert manifest.withheld == [
+                    d for d in decisions if not isinstance(d, SharedCategory)
+                ]
+                assert SharingManifest.model_validate(manifest.model_dump()) == manifest
+
+
+def test_trace_of_is_a_child_span() -> None:
+    parent = new_trace()
+    rec = encode(question(), source="urn:x", trace=parent)
+    env = decode(rec.value, rec.headers)
+    spans = {trace_of(Rec(rec.key, rec.value, list(rec.headers), 0), env) for _ in range(2000)}
+    assert len(spans) == 2000
+    for span in spans:
+        assert span.trace_id == parent.trace_id and span.flags == parent.flags
+        assert parse_traceparent(span.traceparent) == span
+    orphan = trace_of(Rec(b"k", b"{}", [], 0))
+    assert parse_traceparent(orphan.traceparent) == orphan
