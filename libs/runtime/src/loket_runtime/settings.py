@@ -39,6 +39,9 @@ class BaseServiceSettings(BaseSettings):
     kafka_delivery_timeout_s: float = 30.0
     #: Seconds each readiness probe (Kafka, Redis) may take before /readyz says 503.
     readiness_timeout_s: float = 2.0
+    #: CPython generation-0 GC threshold set by the service's process at start-up
+    #: (``loket_runtime.process.tune_gc``); 0 keeps CPython's default (700).
+    gc_threshold0: int = 10_000
 
     def topic(self, name: str) -> str:
         """The topic name as used on the wire: ``topic_prefix + name``."""

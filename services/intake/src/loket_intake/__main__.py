@@ -13,13 +13,16 @@ from fastapi import FastAPI
 from loket_intake.app import create_app
 from loket_intake.settings import IntakeSettings
 from loket_runtime.logging import configure_logging
+from loket_runtime.process import tune_gc
 
 
 def worker_app() -> FastAPI:
     """App factory for worker processes: logging configured in each process."""
     settings = IntakeSettings()
     configure_logging(settings)
-    return create_app(settings)
+    app = create_app(settings)
+    tune_gc(settings.gc_threshold0)
+    return app
 
 
 def main() -> None:
@@ -42,7 +45,9 @@ def main() -> None:
             **common,  # type: ignore[arg-type]
         )
     else:
-        uvicorn.run(create_app(settings), **common)  # type: ignore[arg-type]
+        app = create_app(settings)
+        tune_gc(settings.gc_threshold0)
+        uvicorn.run(app, **common)  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":
