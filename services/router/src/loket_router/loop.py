@@ -16,6 +16,13 @@ FastStream has no transactions, so each input topic of the router runs one
    transaction is in flight, so units grow; a partition whose queue holds N records is
    not fetched (``getmany`` of the other partitions only) until its worker takes them.
    A failing worker (retries exhausted, ``LoopFenced``) restarts the whole loop.
+   The *transactions* of the partitions still take turns by default
+   (``transactions_in_flight=1``): the units are processed concurrently, but a unit's
+   transaction waits until no other transaction of the loop is open. Overlapping
+   transactions of one loop (3 producers writing the same output partitions) kept an
+   open transaction on nearly every output partition at all times, and read_committed
+   consumers then got their records in bursts (handoff stage p50 35 -> 540-640 ms at 200
+   questions/s; docs/benchmarks.md, 2026-12-04).
 3. A unit: ``processor.process(records)`` (decisions, output records, Redis state in one
    read round trip; poison records become ``MessageDeadLettered`` outputs; called
    concurrently for different partitions, never twice at once for one), Redis state
@@ -161,6 +168,7 @@ class TransactionalLoop:
         defer_offsets_s: float = 1.0,
         linger_ms: int = 5,
         concurrent_txn_backoff_ms: float | None = None,
+        transactions_in_flight: int = 1,
         session_timeout_ms: int = 10000,
         heartbeat_interval_ms: int = 3000,
         on_commit: Callable[[BatchResult], Awaitable[None]] | None = None,
@@ -188,6 +196,8 @@ class TransactionalLoop:
         self._deferred: dict[TopicPartition, tuple[int, float, int]] = {}
         self.linger_ms = linger_ms
         self.concurrent_txn_backoff_ms = concurrent_txn_backoff_ms
+        #: transactions of this loop (all partitions) that may run at once, see _commit
+        self._txn_slots = asyncio.Semaphore(transactions_in_flight)
         self.session_timeout_ms = session_timeout_ms
         self.heartbeat_interval_ms = heartbeat_interval_ms
         self.on_commit = on_commit
@@ -598,7 +608,20 @@ class TransactionalLoop:
         ``commit_timeout_s``.
 
         Raises ``_Revoked`` (aborted), ``LoopFenced`` (the producer is unusable: dead sender
-        task, fatal state, timeout, failed abort) or the transient error after an abort."""
+        task, fatal state, timeout, failed abort) or the transient error after an abort.
+
+        At most ``transactions_in_flight`` transactions of the loop run at once (the others
+        wait their turn; each holder is bounded by ``commit_timeout_s``)."""
+        async with self._txn_slots:
+            await self._commit_now(producer, result, offsets, generation)
+
+    async def _commit_now(
+        self,
+        producer: AIOKafkaProducer,
+        result: BatchResult,
+        offsets: dict[TopicPartition, int],
+        generation: int,
+    ) -> None:
         if generation != self.generation:
             raise _Revoked
         if _producer_broken(producer):

@@ -82,6 +82,7 @@ class RouterService:
                 defer_offsets_s=settings.deferred_offsets_max_s,
                 linger_ms=settings.producer_linger_ms,
                 concurrent_txn_backoff_ms=settings.concurrent_transactions_backoff_ms,
+                transactions_in_flight=settings.transactions_in_flight,
                 session_timeout_ms=settings.consumer_session_timeout_ms,
                 heartbeat_interval_ms=settings.consumer_heartbeat_interval_ms,
             )

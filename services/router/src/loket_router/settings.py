@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import Field
+
 from loket_runtime.settings import BaseServiceSettings
 
 
@@ -44,6 +46,11 @@ class RouterSettings(BaseServiceSettings):
     #: writing its markers (aiokafka's fixed default: 20 ms). Process-wide, see
     #: ``loket_router.loop.set_concurrent_transactions_backoff``.
     concurrent_transactions_backoff_ms: float = 2.0
+    #: Transactions of one loop (over all its input partitions) open at once. The
+    #: partitions' units are processed concurrently either way (one pipeline per partition,
+    #: see loket_router.loop); 1 keeps their transactions from overlapping, which kept
+    #: read_committed consumers (handoff, agencies) waiting (docs/benchmarks.md, 2026-12-04).
+    transactions_in_flight: int = Field(default=1, ge=1)
     #: Consumer group session timeout: how long a killed router keeps its partitions.
     consumer_session_timeout_ms: int = 10000
     consumer_heartbeat_interval_ms: int = 3000

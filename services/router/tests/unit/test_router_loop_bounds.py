@@ -343,6 +343,7 @@ async def until(loop: TransactionalLoop, condition: Any, within_s: float = 5.0) 
 
 async def test_partitions_commit_independently_each_in_order_one_unit_in_flight() -> None:
     loop, units = pipeline_loop(TP, TP1)
+    loop._txn_slots = asyncio.Semaphore(2)  # transactions_in_flight=2
     p0: _GatedProducer = loop.producers[TP]  # type: ignore[assignment]
     p1: _GatedProducer = loop.producers[TP1]  # type: ignore[assignment]
     p0.gate.clear()  # partition 0's first transaction stays in flight
@@ -361,6 +362,28 @@ async def test_partitions_commit_independently_each_in_order_one_unit_in_flight(
         assert units == [(0, [0, 1]), (1, [0]), (0, [2, 3])]
         assert loop.idle.is_set()
     finally:
+        loop._stopping = True
+        await loop._stop_workers()
+
+
+async def test_transactions_of_a_loop_take_turns_by_default() -> None:
+    """transactions_in_flight=1: partition 1's unit is processed while partition 0's
+    transaction is open, but its own transaction waits until that one is done."""
+    loop, units = pipeline_loop(TP, TP1)
+    p0: _GatedProducer = loop.producers[TP]  # type: ignore[assignment]
+    p1: _GatedProducer = loop.producers[TP1]  # type: ignore[assignment]
+    p0.gate.clear()
+    try:
+        loop._enqueue(TP, recs(TP, 0), loop.generation)
+        await asyncio.wait_for(p0.in_commit.wait(), 5)
+        loop._enqueue(TP1, recs(TP1, 0), loop.generation)
+        await until(loop, lambda: len(units) == 2)
+        assert p1.calls == []  # processed, its transaction not begun
+        p0.gate.set()
+        await until(loop, lambda: p1.calls == ["begin", "offsets", "commit"])
+        assert p0.calls == ["begin", "offsets", "commit"] and p1.offsets == [1]
+    finally:
+        p0.gate.set()
         loop._stopping = True
         await loop._stop_workers()
 
