@@ -89,24 +89,21 @@ _ID_NAMESPACE = uuid.UUID("5b0c1e3a-6f1d-4f43-9a51-6c6f6b657472")
 
 
 _ID_NAMESPACE_BYTES = _ID_NAMESPACE.bytes
+#: hex digit -> the same digit with the RFC 4122 variant bits (10xx) set
+_VARIANT = {c: "%x" % ((int(c, 16) & 0x3) | 0x8) for c in "0123456789abcdef"}
 
 
 def event_id(*parts: str) -> str:
     """A deterministic CloudEvents id, so a replayed output carries the same ``ce_id``.
 
     ``uuid.uuid5(_ID_NAMESPACE, "\\x1f".join(parts))`` computed without building a
-    ``UUID`` object (same string, well under half the time): SHA-1 of namespace and name, first
-    16 bytes, version 5 in the high nibble of byte 6, RFC 4122 variant in byte 8.
+    ``UUID`` object (same string, a third of the time): the first 16 bytes of the SHA-1 of
+    namespace and name in hex, version digit 5, variant bits in the 17th digit.
     """
-    raw = bytearray(
-        hashlib.sha1(
-            _ID_NAMESPACE_BYTES + "\x1f".join(parts).encode(), usedforsecurity=False
-        ).digest()[:16]
-    )
-    raw[6] = (raw[6] & 0x0F) | 0x50
-    raw[8] = (raw[8] & 0x3F) | 0x80
-    h = raw.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    h = hashlib.sha1(
+        _ID_NAMESPACE_BYTES + "\x1f".join(parts).encode(), usedforsecurity=False
+    ).hexdigest()
+    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
 
 
 _M = TypeVar("_M", bound=BaseModel)

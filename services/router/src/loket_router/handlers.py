@@ -117,22 +117,43 @@ class BatchResult:
     stats: Stats = field(default_factory=Stats)
 
 
-@dataclass(frozen=True)
 class RecordHeaders:
-    """Header values shared by every output of one input record (encoded once)."""
+    """Header values shared by every output of one input record (encoded once), with their
+    (name, value) header pairs and those of the last subject (case id) used."""
 
-    source: bytes
-    time: bytes
-    traceparent: bytes
-    #: the (name, value) header pairs of the three, built once
-    source_header: tuple[str, bytes] = field(init=False, repr=False, compare=False)
-    time_header: tuple[str, bytes] = field(init=False, repr=False, compare=False)
-    trace_header: tuple[str, bytes] = field(init=False, repr=False, compare=False)
+    __slots__ = (
+        "_subject",
+        "_subject_header",
+        "_subject_key",
+        "source",
+        "source_header",
+        "time",
+        "time_header",
+        "trace_header",
+        "traceparent",
+    )
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "source_header", ("ce_source", self.source))
-        object.__setattr__(self, "time_header", ("ce_time", self.time))
-        object.__setattr__(self, "trace_header", (TRACEPARENT_HEADER, self.traceparent))
+    def __init__(self, source: bytes, time: bytes, traceparent: bytes) -> None:
+        self.source = source
+        self.time = time
+        self.traceparent = traceparent
+        self.source_header = ("ce_source", source)
+        self.time_header = ("ce_time", time)
+        self.trace_header = (TRACEPARENT_HEADER, traceparent)
+        self._subject: str | None = None
+        self._subject_key = b""
+        self._subject_header: tuple[str, bytes] = ("ce_subject", b"")
+
+    def subject(self, subject: str) -> tuple[bytes, tuple[str, bytes]]:
+        """The record key and ``ce_subject`` header of ``subject`` (the case id)."""
+        if subject != self._subject:
+            self._subject = subject
+            self._subject_key = subject.encode()
+            self._subject_header = ("ce_subject", self._subject_key)
+        return self._subject_key, self._subject_header
+
+    def __repr__(self) -> str:
+        return f"RecordHeaders({self.source!r}, {self.time!r}, {self.traceparent!r})"
 
 
 #: per message class: its ``ce_type`` and ``ce_dataschema`` header pairs
@@ -157,19 +178,19 @@ def to_record(message: Message, ident: str, shared: RecordHeaders) -> KafkaRecor
             ("ce_type", cls.EVENT_TYPE.encode()),
             ("ce_dataschema", schema_uri(cls.EVENT_TYPE).encode()),
         )
-    subject = message.subject.encode()
+    key, subject_header = shared.subject(message.subject)
     headers = (
         _SPECVERSION_HEADER,
         ("ce_id", ident.encode()),
         shared.source_header,
         per_type[0],
         shared.time_header,
-        ("ce_subject", subject),
+        subject_header,
         per_type[1],
         _CONTENT_TYPE_HEADER,
         shared.trace_header,
     )
-    return KafkaRecord(key=subject, value=message_json(message), headers=headers)
+    return KafkaRecord(key=key, value=message_json(message), headers=headers)
 
 
 # --------------------------------------------------------------------------- output JSON
