@@ -244,7 +244,7 @@ def _float(value: Any) -> str:
     found = _FLOAT_JSON.get(value)
     if found is None:
         found = pydantic_core.to_json(value).decode()
-        if len(_FLOAT_JSON) < 4096:
+        if value > 0.0 and len(_FLOAT_JSON) < 4096:  # not 0.0: -0.0 == 0.0 as a key
             _FLOAT_JSON[value] = found
     return found
 

@@ -37,6 +37,8 @@ from loket_router.store import CaseState
 from loket_schemas.catalog import CategoryPermission, load_agencies
 from loket_schemas.events import (
     REGISTRY,
+    AgencyAssignment,
+    AgencyRole,
     CaseDelivered,
     CaseRouted,
     DataErasureRequested,
@@ -331,3 +333,12 @@ def test_trace_of_is_a_child_span() -> None:
         assert parse_traceparent(span.traceparent) == span
     orphan = trace_of(Rec(b"k", b"{}", [], 0))
     assert parse_traceparent(orphan.traceparent) == orphan
+
+
+def test_fast_json_floats_and_zero_signs() -> None:
+    for confidence in (0.0, -0.0, 1.0, 0.001, 1e-05, 0.551, 0.0, -0.0):
+        assignment = AgencyAssignment(
+            agency=AgencyCode.DUO, role=AgencyRole.LEAD, reasons=[], confidence=confidence
+        )
+        routed = domain.case_routed(question(), AgencyCode.DUO, [assignment], at=NOW)
+        assert message_json(routed) == routed.model_dump_json().encode()
