@@ -40,6 +40,7 @@ from loket_handoff.app import create_app
 from loket_handoff.settings import HandoffSettings
 from loket_runtime.kafka import ensure_topics
 from loket_runtime.logging import configure_logging
+from loket_runtime.process import tune_gc
 from loket_runtime.service import ServiceRuntime
 from loket_schemas import topics
 from loket_schemas.events import AgencyAssignment, AgencyRole, CaseRouted
@@ -105,6 +106,7 @@ async def one_run(count: int, seed: int, profile: str = "") -> dict[str, float]:
     registry = runtime.registry
     app = create_app(settings, runtime=runtime)
     await app.state.handoff_store.mark_ready()  # fresh prefix: nothing to rebuild (as in e2e)
+    tune_gc(settings.gc_threshold0)  # as `python -m loket_handoff` does after create_app
     spy = start_profile(profile)
     t0 = time.perf_counter()
     c0 = time.process_time()

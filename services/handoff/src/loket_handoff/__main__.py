@@ -7,13 +7,16 @@ import uvicorn
 from loket_handoff.app import create_app
 from loket_handoff.settings import HandoffSettings
 from loket_runtime.logging import configure_logging
+from loket_runtime.process import tune_gc
 
 
 def main() -> None:
     settings = HandoffSettings()
     configure_logging(settings)
+    app = create_app(settings)
+    tune_gc(settings.gc_threshold0)
     uvicorn.run(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_config=None,
