@@ -50,6 +50,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import multiprocessing as mp
 import os
@@ -610,7 +611,7 @@ class Bench:
         pool = Pool(self.stack.url("intake"), size=concurrency)
         samples: list[Sample] = []
         statuses: Counter[int] = Counter()
-        counter = iter(range(len(payloads)))
+        counter = itertools.count()  # payloads are reused (each POST has its own key)
         before = (self.meter.snapshot(), await scrape(self.stack))
         start = time.time()
         stop = start + seconds
@@ -618,7 +619,7 @@ class Bench:
         async def worker() -> None:
             while time.time() < stop:
                 i = next(counter)
-                key, payload = payloads[i]
+                key, payload = payloads[i % len(payloads)]
                 status, data, sent, answered = await pool.post(
                     payload, key, f"bench-max-{i}-{time.time_ns()}"
                 )
