@@ -89,6 +89,8 @@ def create_app(
         metrics=metrics,
         log=rt.log,
         max_records=settings.handoff_batch_max_records,
+        fetch_min_bytes=settings.handoff_fetch_min_bytes,
+        fetch_max_wait_ms=settings.handoff_fetch_max_wait_ms,
     )
 
     tasks: list[asyncio.Task[Any]] = []

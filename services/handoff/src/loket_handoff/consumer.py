@@ -98,6 +98,8 @@ class HandoffConsumer:
         log: Any,
         max_records: int = 500,
         poll_timeout_ms: int = 200,
+        fetch_min_bytes: int = 1,
+        fetch_max_wait_ms: int = 500,
         retry_attempts: int = 8,
         retry_backoff_s: float = 0.1,
         retry_backoff_max_s: float = 5.0,
@@ -114,6 +116,8 @@ class HandoffConsumer:
         self.log = log
         self.max_records = max_records
         self.poll_timeout_ms = poll_timeout_ms
+        self.fetch_min_bytes = fetch_min_bytes
+        self.fetch_max_wait_ms = fetch_max_wait_ms
         self.retry_attempts = retry_attempts
         self.retry_backoff_s = retry_backoff_s
         self.retry_backoff_max_s = retry_backoff_max_s
@@ -219,6 +223,8 @@ class HandoffConsumer:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=4 * 1024 * 1024,
+            fetch_min_bytes=self.fetch_min_bytes,
+            fetch_max_wait_ms=self.fetch_max_wait_ms,
             metadata_max_age_ms=5000,
             session_timeout_ms=self.session_timeout_ms,
             heartbeat_interval_ms=self.heartbeat_interval_ms,

@@ -47,6 +47,12 @@ class HandoffSettings(BaseServiceSettings):
     handoff_group_id: str = "loket-handoff"
     #: Records per consumed batch (one offset commit per batch).
     handoff_batch_max_records: int = Field(default=500, ge=1)
+    #: Fetch batching of the consumer: the broker answers a fetch once this many bytes
+    #: are there or after the wait, so at moderate load a batch carries more records and
+    #: the service wakes up, locks, writes and commits less often (an offer appears up to
+    #: this many ms later; docs/benchmarks.md, 2026-12-04). 1 byte: every record at once.
+    handoff_fetch_min_bytes: int = Field(default=65536, ge=1)
+    handoff_fetch_max_wait_ms: int = Field(default=25, ge=0)
     #: Cases of a batch whose lock is held elsewhere, handled concurrently in their own
     #: sessions (each waits for its lock; the batch session runs the others together).
     handoff_concurrency: int = Field(default=64, ge=1)

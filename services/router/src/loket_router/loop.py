@@ -160,6 +160,8 @@ class TransactionalLoop:
         client_id: str | None = None,
         max_records: int = 500,
         poll_timeout_ms: int = 200,
+        fetch_min_bytes: int = 1,
+        fetch_max_wait_ms: int = 500,
         retry_attempts: int = 5,
         retry_backoff_s: float = 0.2,
         retry_backoff_max_s: float = 5.0,
@@ -195,6 +197,10 @@ class TransactionalLoop:
         #: had nothing to publish (committed with the partition's next transaction)
         self._deferred: dict[TopicPartition, tuple[int, float, int]] = {}
         self.linger_ms = linger_ms
+        #: the consumer's fetch batching: the broker answers a fetch once it has this many
+        #: bytes, or after ``fetch_max_wait_ms`` (1 byte: at once, for the latency path)
+        self.fetch_min_bytes = fetch_min_bytes
+        self.fetch_max_wait_ms = fetch_max_wait_ms
         self.concurrent_txn_backoff_ms = concurrent_txn_backoff_ms
         #: transactions of this loop (all partitions) that may run at once, see _commit
         self._txn_slots = asyncio.Semaphore(transactions_in_flight)
@@ -369,6 +375,8 @@ class TransactionalLoop:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=4 * 1024 * 1024,
+            fetch_min_bytes=self.fetch_min_bytes,
+            fetch_max_wait_ms=self.fetch_max_wait_ms,
             metadata_max_age_ms=5000,
             session_timeout_ms=self.session_timeout_ms,
             heartbeat_interval_ms=self.heartbeat_interval_ms,

@@ -56,8 +56,9 @@ class RouterService:
             source=service_source("router"),
             log=log,
         )
+        question = QuestionProcessor(self.ctx, self.store)  # the latency path
         processors: list[Processor] = [
-            QuestionProcessor(self.ctx, self.store),
+            question,
             RerouteProcessor(self.ctx, self.store),
             ConsentProcessor(self.ctx, self.store),
         ]
@@ -74,6 +75,8 @@ class RouterService:
                 log=log,
                 max_records=settings.batch_max_records,
                 poll_timeout_ms=settings.poll_timeout_ms,
+                fetch_min_bytes=1 if p is question else settings.side_loops_fetch_min_bytes,
+                fetch_max_wait_ms=500 if p is question else settings.side_loops_fetch_max_wait_ms,
                 retry_attempts=settings.retry_attempts,
                 retry_backoff_s=settings.retry_backoff_s,
                 retry_backoff_max_s=settings.retry_backoff_max_s,

@@ -41,6 +41,13 @@ class RouterSettings(BaseServiceSettings):
     #: nothing more; it only delayed every transaction's produce by this many ms
     #: (docs/benchmarks.md, end to end).
     producer_linger_ms: int = 0
+    #: Fetch batching of the re-route and consent loops (not on the question's path: a
+    #: re-route or an erasure request 50 ms later changes nothing for anyone): the broker
+    #: answers their fetches once this many bytes are there or after the wait, so at
+    #: moderate load they wake up and commit less often (fewer units, fewer transactions;
+    #: docs/benchmarks.md, 2026-12-04). The question loop fetches without waiting.
+    side_loops_fetch_min_bytes: int = Field(default=65536, ge=1)
+    side_loops_fetch_max_wait_ms: int = Field(default=50, ge=0)
     #: Retry delay (ms) of a transaction's first ``AddPartitionsToTxn`` refused with
     #: ``CONCURRENT_TRANSACTIONS`` because the same producer's previous commit is still
     #: writing its markers (aiokafka's fixed default: 20 ms). Process-wide, see
