@@ -24,7 +24,7 @@ from typing import Any
 from fastapi import FastAPI
 from faststream.kafka import KafkaBroker
 from prometheus_client import CollectorRegistry
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from loket_runtime.health import Check, health_router, kafka_check, new_registry, redis_check
 from loket_runtime.kafka import create_broker, ensure_topics, stop_broker
@@ -32,6 +32,25 @@ from loket_runtime.logging import get_logger
 from loket_runtime.settings import BaseServiceSettings
 
 Hook = Callable[[], Awaitable[None]]
+
+
+def redis_client(settings: BaseServiceSettings) -> Redis:
+    """The service's Redis client (lazy: the first command opens a connection).
+
+    A *blocking* pool: when all ``redis_max_connections`` connections are busy, a command
+    waits up to ``redis_pool_timeout_s`` for one to come free. redis-py's default pool
+    (100 connections) fails at once with "Too many connections" instead: under load
+    (e2e bench, 128 concurrent clients) intake answered ~19 % of its requests with 503.
+    A command that finds no connection within the timeout still raises ``ConnectionError``
+    (a ``RedisError``: 503 + Retry-After in the HTTP services, a retry in the consumers).
+    """
+    pool = BlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=settings.redis_max_connections,
+        timeout=settings.redis_pool_timeout_s,
+        socket_connect_timeout=settings.readiness_timeout_s,
+    )
+    return Redis.from_pool(pool)
 
 
 class ServiceRuntime:
@@ -49,10 +68,7 @@ class ServiceRuntime:
         self.settings = settings
         self.registry = registry if registry is not None else new_registry()
         self.broker = broker or create_broker(settings, registry=self.registry, **broker_overrides)
-        # from_url is lazy: the first command opens the connection.
-        self.redis: Redis = redis or Redis.from_url(
-            settings.redis_url, socket_connect_timeout=settings.readiness_timeout_s
-        )
+        self.redis: Redis = redis or redis_client(settings)
         self.topics_to_ensure: list[str] = []
         self.topic_partitions = 3
         self._startup: list[Hook] = []

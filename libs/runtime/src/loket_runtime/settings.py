@@ -39,6 +39,10 @@ class BaseServiceSettings(BaseSettings):
     kafka_delivery_timeout_s: float = 30.0
     #: Seconds each readiness probe (Kafka, Redis) may take before /readyz says 503.
     readiness_timeout_s: float = 2.0
+    #: Redis connections per process; a command waits up to ``redis_pool_timeout_s`` for
+    #: a free one (then ConnectionError: 503 / retry). See ``service.redis_client``.
+    redis_max_connections: int = 100
+    redis_pool_timeout_s: float = 5.0
     #: CPython generation-0 GC threshold set by the service's process at start-up
     #: (``loket_runtime.process.tune_gc``); 0 keeps CPython's default (700).
     gc_threshold0: int = 10_000

@@ -131,7 +131,7 @@ def accepted_response(body: Mapping[str, Any], replayed: bool = False) -> JSONRe
 
 def intake_error_response(exc: IntakeError, settings: IntakeSettings) -> JSONResponse:
     if exc.status >= 500:
-        log.warning("request_failed", code=exc.code, status=exc.status)
+        log.warning("request_failed", code=exc.code, status=exc.status, error=str(exc)[:300])
     return error_response(exc, settings)
 
 
