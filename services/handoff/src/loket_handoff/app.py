@@ -5,7 +5,7 @@ FastAPI lifespan (see loket_runtime.service.ServiceRuntime). On start the produc
 the projection is rebuilt from Kafka when its marker is missing, then the batch consumer
 (:mod:`loket_handoff.consumer`) and the SLA timer sweep start. ``/readyz`` also checks
 that the consumer loop runs and polls (``consumer``) and that the sweep task runs
-(``timers``). On stop both end within bounds (:mod:`loket_handoff.background`).
+(``timers``). On stop both end within bounds (:mod:`loket_runtime.tasks`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from fastapi import FastAPI
 from redis.exceptions import RedisError
 
 from loket_handoff import api, operator, subscribers
-from loket_handoff.background import stop_task
 from loket_handoff.businesshours import calendar_for
 from loket_handoff.clock import Clock, SystemClock
 from loket_handoff.consumer import HandoffConsumer
@@ -28,6 +27,7 @@ from loket_handoff.rebuild import Rebuilder
 from loket_handoff.settings import HandoffSettings
 from loket_handoff.store import HandoffStore
 from loket_runtime.service import ServiceRuntime
+from loket_runtime.tasks import stop_task
 from loket_schemas import topics
 from loket_schemas.catalog import load_agencies
 
@@ -99,7 +99,7 @@ def create_app(
     async def sweep_forever() -> None:
         last_gauges = 0.0
         loop = asyncio.get_running_loop()
-        # the flag ends the loop even if a cancellation was lost (see background.py)
+        # the flag ends the loop even if a cancellation was lost (see loket_runtime.tasks)
         while not stopping.is_set():
             metrics.timer_sweeps.inc()
             try:

@@ -35,7 +35,7 @@ records when it last polled, and :meth:`HandoffConsumer.problem` (the ``consumer
 readiness check) reports a loop that failed twice in a row, has not polled for
 ``stall_after_s``, or whose task ended. The supervisor task restarts the loop after any
 exception; should the supervisor itself end unexpectedly, it is started again.
-``stop()`` is bounded too (see :mod:`loket_handoff.background`).
+``stop()`` is bounded too (see :mod:`loket_runtime.tasks`).
 """
 
 from __future__ import annotations
@@ -50,8 +50,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
-from loket_handoff.background import stop_task
 from loket_handoff.metrics import HandoffMetrics
+from loket_runtime.tasks import stop_task
 
 
 class CommitTimeout(Exception):

@@ -39,13 +39,13 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from prometheus_client import CollectorRegistry, Gauge
 from redis.exceptions import RedisError
 
-from loket_handoff.background import stop_task
 from loket_handoff.businesshours import AMSTERDAM
 from loket_handoff.domain import OPERATOR, Handoff, HandoffState
 from loket_handoff.errors import Retryable
 from loket_handoff.settings import hash_key
 from loket_handoff.store import HandoffStore, TimelineEntry
 from loket_runtime.logging import get_logger
+from loket_runtime.tasks import stop_task
 from loket_schemas.catalog import load_agencies, load_initiatives
 from loket_schemas.vocabulary import AgencyCode
 
@@ -478,7 +478,7 @@ async def operator_lifespan(app: FastAPI) -> AsyncIterator[None]:
     stopping = asyncio.Event()
 
     async def refresh_forever() -> None:
-        while not stopping.is_set():  # ends even if a cancellation was lost (background.py)
+        while not stopping.is_set():  # ends even if a cancellation was lost (loket_runtime.tasks)
             try:
                 await state.overview(max_age=GAUGE_REFRESH_S / 2)
             except asyncio.CancelledError:

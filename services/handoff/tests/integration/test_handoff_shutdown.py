@@ -1,7 +1,7 @@
 """Stopping never hangs: background tasks that talk to Redis end on stop, on real Redis.
 
 On Python 3.11 a task doing Redis I/O can lose its cancellation (``asyncio.wait_for``
-inside redis-py, see loket_handoff.background); the two-instance timer test hung on that
+inside redis-py, see loket_runtime.tasks); the two-instance timer test hung on that
 until pytest-timeout, in the second instance's shutdown.
 """
 

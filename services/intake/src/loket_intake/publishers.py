@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from loket_runtime.kafka import needs_new_producer, start_replacement_producer, stop_producer
 from loket_runtime.logging import get_logger
 from loket_runtime.service import ServiceRuntime
+from loket_runtime.tasks import stop_task
 from loket_schemas import topics
 from loket_schemas.kafka import KafkaRecord
 
@@ -157,8 +158,8 @@ class ProducerSupervisor:
         """Stop replacing (shutdown); wait for old producers to finish stopping."""
         self._closed = True
         if self._replacing is not None and not self._replacing.done():
-            self._replacing.cancel()
-            await asyncio.gather(self._replacing, return_exceptions=True)
+            # bounded, and cancelled again if a cancellation is lost (loket_runtime.tasks)
+            await stop_task(self._replacing, timeout_s=self.stop_timeout_s, log=log)
         if self._retiring:
             await asyncio.gather(*self._retiring, return_exceptions=True)
 

@@ -11,7 +11,7 @@ keeps sweeping, and whoever awaits it after ``cancel()`` waits forever; this is 
 two-instance timer test hung until pytest-timeout (the second instance's shutdown awaited
 its sweep task).
 
-So every background loop of the service also checks a stop flag (it ends at its next
+So every background loop of a service also checks a stop flag (it ends at its next
 iteration even if a cancellation was lost), and :func:`stop_task` cancels again until the
 task has ended, within a deadline, and reports a task that would not stop instead of
 waiting forever.
