@@ -172,7 +172,7 @@ def _fill_in(case: Any, target: Handoff) -> str:
     principal = PRINCIPALS[pick(seed + "p", len(PRINCIPALS))]
     if not negated(case, "path") and pick(seed + "s", 4):
         if "handoff_id" in params:
-            ids = sorted(target.handoffs)
+            ids = list(target.handoffs)  # seeding order: the same picks in every run
             params["handoff_id"] = ids[pick(seed, len(ids))]
             if pick(seed + "k", 4):  # mostly the addressee
                 principal = target.handoffs[params["handoff_id"]]

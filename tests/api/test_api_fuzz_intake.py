@@ -167,7 +167,10 @@ def test_intake_api_conforms(case: Any, intake: Intake) -> None:
     params = case.path_parameters or {}
     if "case_id" in params and not negated(case, "path") and pick(str(params["case_id"]), 3):
         # mostly a case that exists, so withdrawal really runs (and repeats)
-        seeded = sorted(intake.cases)
+        # in seeding order (with consent, without, ...), not sorted by the random case ids:
+        # the derandomized examples then pick the same seeded cases in every run (sorted
+        # random ids made it luck whether any withdrawal hit a case with consent: 202)
+        seeded = list(intake.cases)
         params["case_id"] = seeded[pick(str(params["case_id"]), len(seeded))]
     response = case.call_and_validate(
         base_url=intake.base_url, headers=auth_headers(case, _key_for(case, intake))
