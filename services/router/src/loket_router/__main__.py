@@ -14,7 +14,7 @@ def main() -> None:
     settings = RouterSettings()
     configure_logging(settings)
     app = create_app(settings)
-    tune_gc()
+    tune_gc(settings.gc_threshold0)
     uvicorn.run(
         app,
         host=settings.host,
