@@ -663,6 +663,13 @@ class TransactionalLoop:
         await producer.begin_transaction()
         try:
             futures = await self._send_all(producer, result)
+            # Every output acked before the offsets are added: aiokafka fails only a
+            # refused batch's future, not the transaction, so a commit without this wait
+            # could commit the input offsets without their outputs. (Adding the offsets
+            # while the outputs are produced saves no time either: the broker's KIP-890
+            # verification of the produce then often meets the coordinator busy with
+            # AddOffsetsToTxn and refuses it as NOT_ENOUGH_REPLICAS, retried after 100 ms;
+            # docs/benchmarks.md, 2026-12-04.)
             if futures:
                 await asyncio.gather(*futures)
             if generation != self.generation:

@@ -16,6 +16,10 @@ written and while the input offsets are being added to the transaction, in two w
 The loop must give the transaction up within the commit timeout, restart with new
 producers (the new producer with the same transactional id aborts the open transaction)
 and route every question exactly once, in bounded time.
+
+A produce request the broker refuses for good must not let the transaction commit either:
+aiokafka fails only that batch's future, not the transaction, so the loop adds the input
+offsets and commits only once every output was acked.
 """
 
 from __future__ import annotations
@@ -29,8 +33,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaConnectionError
-from router_kafka_helpers import Rec, fixed_classifier, publish, wait_for
+from router_kafka_helpers import Rec, fixed_classifier, publish, snapshot, wait_for
 
 from loket_router.app import create_app
 from loket_router.loop import TransactionalLoop
@@ -144,3 +150,66 @@ async def test_dead_sender_task_restarts_the_loop_and_routes_exactly_once(
     # commit timeout + restart backoff + rejoin + retry, far from "for good"
     assert elapsed < 45, f"recovery took {elapsed:.1f}s"
     print(f"death={death}: all routed {elapsed:.1f}s after the second batch")
+
+
+async def test_an_output_the_broker_refuses_commits_nothing_until_it_is_accepted(
+    router: tuple[RouterSettings, TransactionalLoop], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A produce request the broker refuses for good (here MESSAGE_TOO_LARGE: the agency
+    topic takes at most 200 bytes) fails only that batch's future in aiokafka, not the
+    transaction. The loop must abort, not commit: nothing of the question is visible, its
+    offset is not committed, and it is routed exactly once when the topic takes it."""
+    settings, loop = router
+    bootstrap = settings.kafka_bootstrap
+    refusing = settings.topic(topics.agency_topic(A.BELASTINGDIENST))
+    outputs = [settings.topic(t) for t in (topics.HANDOFFS, *topics.AGENCY_TOPICS)]
+    warm = question(0)  # the loop's producers and partitions are up before the fault
+    await publish(bootstrap, settings.topic(topics.QUESTIONS), [warm])
+    await wait_for(bootstrap, outputs, lambda rs: len(routed(rs)) == 1)
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+
+        async def max_message_bytes(value: str) -> None:
+            await admin.alter_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, refusing, {"max.message.bytes": value})]
+            )
+
+        await max_message_bytes("200")
+        refused = question(1)
+        attempts: list[int] = []
+        retried = asyncio.Event()  # the refused question's unit was handled a third time
+        original = loop.processor.process
+
+        async def counting(records: Any) -> Any:
+            if any(r.key == refused.case_id.encode() for r in records):
+                attempts.append(1)
+                if len(attempts) >= 3:
+                    retried.set()
+            return await original(records)
+
+        monkeypatch.setattr(loop.processor, "process", counting)
+        await publish(bootstrap, settings.topic(topics.QUESTIONS), [refused])
+        try:
+            await asyncio.wait_for(retried.wait(), 30)
+        except TimeoutError:
+            recs = await snapshot(bootstrap, outputs)
+            pytest.fail(f"the refused unit was not retried; routed now: {dict(routed(recs))}")
+        recs = await snapshot(bootstrap, outputs)
+        assert refused.case_id not in {r.key for r in recs}, "an output of a refused unit"
+        assert routed(recs) == Counter({warm.case_id: 1})
+
+        await max_message_bytes("1048588")  # the broker's default
+        recs = await wait_for(bootstrap, outputs, lambda rs: len(routed(rs)) == 2, within_s=60)
+    finally:
+        await admin.close()
+    assert routed(recs) == Counter({warm.case_id: 1, refused.case_id: 1})
+    deliveries = Counter(
+        (r.key, CaseDelivered.model_validate(r.data).agency)
+        for r in recs
+        if r.type == CaseDelivered.EVENT_TYPE
+    )
+    assert deliveries == Counter(
+        {(c, a): 1 for c in (warm.case_id, refused.case_id) for a in (A.BELASTINGDIENST, A.UWV)}
+    )
