@@ -16,19 +16,21 @@ FastStream has no transactions, so each input topic of the router runs one
    transaction is in flight, so units grow; a partition whose queue holds N records is
    not fetched (``getmany`` of the other partitions only) until its worker takes them.
    A failing worker (retries exhausted, ``LoopFenced``) restarts the whole loop.
-   The *transactions* of the partitions still take turns by default
-   (``transactions_in_flight=1``): the units are processed concurrently, but a unit's
-   transaction waits until no other transaction of the loop is open. Overlapping
-   transactions of one loop (3 producers writing the same output partitions) kept an
-   open transaction on nearly every output partition at all times, and read_committed
-   consumers then got their records in bursts (handoff stage p50 35 -> 540-640 ms at 200
-   questions/s; docs/benchmarks.md, 2026-12-04).
+   The *writes* of the partitions' transactions still take turns by default
+   (``transactions_in_flight=1``): the units are processed concurrently, and a unit's
+   transaction begins and adds its input offsets at once, but it writes its outputs and
+   commits only when no other transaction of the loop is writing. Overlapping writes of
+   one loop (3 producers writing the same output partitions) kept an open transaction on
+   nearly every output partition at all times, and read_committed consumers then got
+   their records in bursts (handoff stage p50 35 -> 540-640 ms at 200 questions/s;
+   docs/benchmarks.md, 2026-12-04).
 3. A unit: ``processor.process(records)`` (decisions, output records, Redis state in one
    read round trip; poison records become ``MessageDeadLettered`` outputs; called
    concurrently for different partitions, never twice at once for one), Redis state
    written (idempotent) *before* the commit, then one transaction on that partition's
-   producer: every output record, ``send_offsets_to_transaction`` with ``last offset +
-   1``, commit. Either all outputs and the input offset are committed, or none.
+   producer: ``send_offsets_to_transaction`` with ``last offset + 1``, then (in the
+   loop's turn) every output record and the commit. Either all outputs and the input
+   offset are committed, or none.
 4. After the commit: "done" markers in Redis, metrics, then the partition's next unit.
 
 **One transactional producer per assigned input partition**, ``transactional_id =
@@ -169,6 +171,7 @@ class TransactionalLoop:
         commit_timeout_s: float = 30.0,
         defer_offsets_s: float = 1.0,
         linger_ms: int = 5,
+        producer_retry_backoff_ms: int = 100,
         concurrent_txn_backoff_ms: float | None = None,
         transactions_in_flight: int = 1,
         session_timeout_ms: int = 10000,
@@ -197,6 +200,7 @@ class TransactionalLoop:
         #: had nothing to publish (committed with the partition's next transaction)
         self._deferred: dict[TopicPartition, tuple[int, float, int]] = {}
         self.linger_ms = linger_ms
+        self.producer_retry_backoff_ms = producer_retry_backoff_ms
         #: the consumer's fetch batching: the broker answers a fetch once it has this many
         #: bytes, or after ``fetch_max_wait_ms`` (1 byte: at once, for the latency path)
         self.fetch_min_bytes = fetch_min_bytes
@@ -295,6 +299,7 @@ class TransactionalLoop:
             enable_idempotence=True,
             acks="all",
             linger_ms=self.linger_ms,
+            retry_backoff_ms=self.producer_retry_backoff_ms,
             max_batch_size=256 * 1024,
             transaction_timeout_ms=self.transaction_timeout_ms,
         )
@@ -618,10 +623,11 @@ class TransactionalLoop:
         Raises ``_Revoked`` (aborted), ``LoopFenced`` (the producer is unusable: dead sender
         task, fatal state, timeout, failed abort) or the transient error after an abort.
 
-        At most ``transactions_in_flight`` transactions of the loop run at once (the others
-        wait their turn; each holder is bounded by ``commit_timeout_s``)."""
-        async with self._txn_slots:
-            await self._commit_now(producer, result, offsets, generation)
+        At most ``transactions_in_flight`` transactions of the loop write at once: the
+        turn covers the outputs, their acks and the commit (or abort), not the begin and
+        the input offsets before them (see ``_transaction``); every step is bounded by
+        ``commit_timeout_s``."""
+        await self._commit_now(producer, result, offsets, generation)
 
     async def _commit_now(
         self,
@@ -657,24 +663,32 @@ class TransactionalLoop:
         offsets: dict[TopicPartition, int],
         generation: int,
     ) -> None:
-        """begin, send, offsets, commit; abort after an error (not aiokafka's
-        ``transaction()`` context manager: its abort is an unbounded await of its own, and
-        it skips the abort silently in states where it cannot abort)."""
+        """begin, offsets, then in the loop's turn: send, acks, commit; abort after an error
+        (not aiokafka's ``transaction()`` context manager: its abort is an unbounded await
+        of its own, and it skips the abort silently in states where it cannot abort).
+
+        The input offsets come first (``AddOffsetsToTxn`` and ``TxnOffsetCommit``, two
+        round trips), before the turn: they hold back no reader (offsets become visible
+        with the commit only), so other partitions' transactions write meanwhile; the turn
+        covers only what keeps read_committed readers waiting (the outputs, from their
+        ``AddPartitionsToTxn`` to the commit). Not concurrently with the outputs: the
+        broker's KIP-890 verification of a produce then often meets the coordinator busy
+        with ``AddOffsetsToTxn`` and refuses it as NOT_ENOUGH_REPLICAS, which aiokafka
+        retries after 100 ms (docs/benchmarks.md, 2026-12-04). Every output is acked
+        before the commit: aiokafka fails only a refused batch's future, not the
+        transaction, so a commit without that wait could commit the input offsets
+        without their outputs."""
         await producer.begin_transaction()
+        in_turn = False
         try:
+            await producer.send_offsets_to_transaction(offsets, self.group_id)
+            await self._txn_slots.acquire()
+            in_turn = True
             futures = await self._send_all(producer, result)
-            # Every output acked before the offsets are added: aiokafka fails only a
-            # refused batch's future, not the transaction, so a commit without this wait
-            # could commit the input offsets without their outputs. (Adding the offsets
-            # while the outputs are produced saves no time either: the broker's KIP-890
-            # verification of the produce then often meets the coordinator busy with
-            # AddOffsetsToTxn and refuses it as NOT_ENOUGH_REPLICAS, retried after 100 ms;
-            # docs/benchmarks.md, 2026-12-04.)
             if futures:
                 await asyncio.gather(*futures)
             if generation != self.generation:
                 raise _Revoked
-            await producer.send_offsets_to_transaction(offsets, self.group_id)
             await producer.commit_transaction()
         except Exception as exc:
             # CancelledError (the timeout) is not caught: no abort on a producer that
@@ -692,6 +706,9 @@ class TransactionalLoop:
             except Exception as abort_exc:
                 raise LoopFenced(f"abort failed: {type(abort_exc).__name__}: {abort_exc}") from exc
             raise
+        finally:
+            if in_turn:
+                self._txn_slots.release()
 
     async def _send_all(
         self, producer: AIOKafkaProducer, result: BatchResult

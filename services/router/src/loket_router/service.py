@@ -79,6 +79,7 @@ class RouterService:
                 commit_timeout_s=settings.transaction_commit_timeout_s,
                 defer_offsets_s=settings.deferred_offsets_max_s,
                 linger_ms=settings.producer_linger_ms,
+                producer_retry_backoff_ms=settings.producer_retry_backoff_ms,
                 concurrent_txn_backoff_ms=settings.concurrent_transactions_backoff_ms,
                 transactions_in_flight=settings.transactions_in_flight,
                 session_timeout_ms=settings.consumer_session_timeout_ms,

@@ -53,6 +53,14 @@ class RouterSettings(BaseServiceSettings):
     #: writing its markers (aiokafka's fixed default: 20 ms). Process-wide, see
     #: ``loket_router.loop.set_concurrent_transactions_backoff``.
     concurrent_transactions_backoff_ms: float = 2.0
+    #: Retry delay (ms) of the loops' transactional producers after a retriable error
+    #: (aiokafka's ``retry_backoff_ms``, default 100). The usual ones are short waits of
+    #: the broker: ``CONCURRENT_TRANSACTIONS`` on a transaction's ``AddOffsetsToTxn``
+    #: while the producer's previous commit still writes its markers, and a produce whose
+    #: KIP-890 verification met the coordinator mid-write (NOT_ENOUGH_REPLICAS); 100 ms
+    #: for a wait of a few ms was the router's latency tail (docs/benchmarks.md,
+    #: 2026-12-04). Also paces metadata and coordinator retries while the broker is away.
+    producer_retry_backoff_ms: int = Field(default=10, ge=1)
     #: Transactions of one loop (over all its input partitions) open at once. The
     #: partitions' units are processed concurrently either way (one pipeline per partition,
     #: see loket_router.loop); 1 keeps their transactions from overlapping, which kept

@@ -78,19 +78,46 @@ def _rec(r: Any) -> Rec:
     )
 
 
+async def open_transaction_lag(bootstrap: str, names: list[str]) -> dict[TopicPartition, int]:
+    """Per partition: high watermark minus last stable offset (> 0: a transaction is open)."""
+    ends: dict[str, dict[TopicPartition, int]] = {}
+    for isolation in ("read_uncommitted", "read_committed"):
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, group_id=None, isolation_level=isolation
+        )
+        await consumer.start()
+        try:
+            cluster = await consumer._client.fetch_all_metadata()
+            tps = [
+                TopicPartition(t, p) for t in names for p in cluster.partitions_for_topic(t) or ()
+            ]
+            ends[isolation] = await consumer.end_offsets(tps)
+        finally:
+            await consumer.stop()
+    hw, lso = ends["read_uncommitted"], ends["read_committed"]
+    return {tp: hw[tp] - lso[tp] for tp in hw if hw[tp] != lso[tp]}
+
+
 async def wait_for(
     bootstrap: str,
     topics: Sequence[str],
     done: Callable[[list[Rec]], bool],
     within_s: float = 30.0,
 ) -> list[Rec]:
-    """Poll read_committed snapshots until ``done(records)`` (bounded by ``within_s``)."""
+    """Poll read_committed snapshots until ``done(records)`` (bounded by ``within_s``).
+
+    The snapshot returned is taken once no transaction is open on ``topics``: a commit's
+    markers land partition by partition, so a snapshot taken just after a commit can hold
+    its records on one partition (e.g. ``CaseRouted``) and not yet on another (its
+    ``CaseDelivered``)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within_s
     while True:
         recs = await snapshot(bootstrap, topics)
-        if done(recs):
-            return recs
+        if done(recs) and not await open_transaction_lag(bootstrap, list(topics)):
+            recs = await snapshot(bootstrap, topics)
+            if done(recs):
+                return recs
         if loop.time() > deadline:
             types = sorted({(r.topic, r.type) for r in recs}, key=str)
             raise AssertionError(f"condition not met after {within_s}s; seen {len(recs)}: {types}")

@@ -25,8 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from router_kafka_helpers import publish, wait_for
+from router_kafka_helpers import open_transaction_lag, publish, wait_for
 
 from loket_runtime.testing import free_port
 from loket_schemas import topics
@@ -88,26 +87,6 @@ def question(i: int) -> QuestionReceived:
         text=TEXTS[i % len(TEXTS)],
         received_at=datetime.now(UTC),
     )
-
-
-async def open_transaction_lag(bootstrap: str, names: list[str]) -> dict[TopicPartition, int]:
-    """Per partition: high watermark minus last stable offset (> 0: a transaction is open)."""
-    ends: dict[str, dict[TopicPartition, int]] = {}
-    for isolation in ("read_uncommitted", "read_committed"):
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap, group_id=None, isolation_level=isolation
-        )
-        await consumer.start()
-        try:
-            cluster = await consumer._client.fetch_all_metadata()
-            tps = [
-                TopicPartition(t, p) for t in names for p in cluster.partitions_for_topic(t) or ()
-            ]
-            ends[isolation] = await consumer.end_offsets(tps)
-        finally:
-            await consumer.stop()
-    hw, lso = ends["read_uncommitted"], ends["read_committed"]
-    return {tp: hw[tp] - lso[tp] for tp in hw if hw[tp] != lso[tp]}
 
 
 async def wait_log(path: Path, needle: str, within_s: float) -> None:

@@ -367,8 +367,9 @@ async def test_partitions_commit_independently_each_in_order_one_unit_in_flight(
 
 
 async def test_transactions_of_a_loop_take_turns_by_default() -> None:
-    """transactions_in_flight=1: partition 1's unit is processed while partition 0's
-    transaction is open, but its own transaction waits until that one is done."""
+    """transactions_in_flight=1: partition 1's unit is processed and its transaction
+    begun with its input offsets while partition 0's transaction is open, but its outputs
+    and commit wait until that one is done."""
     loop, units = pipeline_loop(TP, TP1)
     p0: _GatedProducer = loop.producers[TP]  # type: ignore[assignment]
     p1: _GatedProducer = loop.producers[TP1]  # type: ignore[assignment]
@@ -378,7 +379,10 @@ async def test_transactions_of_a_loop_take_turns_by_default() -> None:
         await asyncio.wait_for(p0.in_commit.wait(), 5)
         loop._enqueue(TP1, recs(TP1, 0), loop.generation)
         await until(loop, lambda: len(units) == 2)
-        assert p1.calls == []  # processed, its transaction not begun
+        await until(loop, lambda: p1.calls == ["begin", "offsets"])
+        for _ in range(20):  # no I/O in between: a turn not waited for would commit now
+            await asyncio.sleep(0)
+        assert p1.calls == ["begin", "offsets"]  # its outputs and commit wait their turn
         p0.gate.set()
         await until(loop, lambda: p1.calls == ["begin", "offsets", "commit"])
         assert p0.calls == ["begin", "offsets", "commit"] and p1.offsets == [1]
