@@ -98,6 +98,7 @@ from loket_router.errors import LoopFenced, RetryableError
 from loket_router.handlers import BatchResult, ConsumerRecordLike
 from loket_router.metrics import RouterMetrics
 from loket_router.store import RedisStore
+from loket_runtime.tasks import stop_task
 
 
 class Processor(Protocol):
@@ -257,9 +258,8 @@ class TransactionalLoop:
         try:
             await asyncio.wait_for(asyncio.shield(task), grace_s)
         except TimeoutError:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            # re-cancels until it ended (a cancel lost on Python 3.11), bounded
+            await stop_task(task, timeout_s=self.commit_timeout_s, log=self.log)
 
     def _backoff(self, attempt: int) -> float:
         return float(min(self.retry_backoff_max_s, self.retry_backoff_s * 2 ** (attempt - 1)))
@@ -504,11 +504,10 @@ class TransactionalLoop:
     async def _cancel_workers(self) -> None:
         queues, self._queues = self._queues, {}
         tasks = [q.task for q in queues.values() if q.task is not None and not q.task.done()]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        # a worker talks to Redis: a cancel can be lost on Python 3.11 (loket_runtime.tasks)
+        await asyncio.gather(
+            *(stop_task(t, timeout_s=self.commit_timeout_s, log=self.log) for t in tasks)
+        )
         self._worker_error = None
 
     async def _handle_unit(

@@ -450,6 +450,33 @@ async def test_a_dying_worker_restarts_the_loop() -> None:
     assert loop._worker_error is None and not loop._queues
 
 
+async def test_a_worker_that_loses_a_cancel_is_still_stopped() -> None:
+    """Python 3.11 can lose a cancel inside redis-py's ``wait_for`` (loket_runtime.tasks):
+    the worker carries on; stopping the workers cancels again until it ended."""
+    loop, _ = pipeline_loop(TP)
+    entered, cancels = asyncio.Event(), []
+
+    async def swallows_one_cancel(records: Any) -> BatchResult:
+        entered.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancels.append(1)  # lost: carries on as if never cancelled
+        await asyncio.Event().wait()
+        return BatchResult()  # pragma: no cover - never reached
+
+    loop.processor.process = swallows_one_cancel  # type: ignore[method-assign]
+    loop._enqueue(TP, recs(TP, 0), loop.generation)
+    await asyncio.wait_for(entered.wait(), 5)
+    task = loop._queues[TP].task
+    assert task is not None
+    started = asyncio.get_running_loop().time()
+    await asyncio.wait_for(loop._cancel_workers(), 5)
+    assert task.cancelled() and cancels == [1]
+    # re-cancelled after loket_runtime.tasks.RECANCEL_S, not left waiting
+    assert asyncio.get_running_loop().time() - started < 2
+
+
 async def test_a_worker_commits_its_deferred_offset_when_due_and_on_stop() -> None:
     loop, units = pipeline_loop(TP)
     loop.defer_offsets_s = 0.05
