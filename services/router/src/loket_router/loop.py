@@ -624,8 +624,8 @@ class TransactionalLoop:
 
         At most ``transactions_in_flight`` transactions of the loop write at once: the
         turn covers the outputs, their acks and the commit (or abort), not the begin and
-        the input offsets before them (see ``_transaction``); every step is bounded by
-        ``commit_timeout_s``."""
+        the input offsets before them (see ``_transaction``). The whole transaction, the
+        wait for the turn included, is bounded by ``commit_timeout_s``."""
         await self._commit_now(producer, result, offsets, generation)
 
     async def _commit_now(
