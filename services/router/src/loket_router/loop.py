@@ -626,15 +626,6 @@ class TransactionalLoop:
         turn covers the outputs, their acks and the commit (or abort), not the begin and
         the input offsets before them (see ``_transaction``). The whole transaction, the
         wait for the turn included, is bounded by ``commit_timeout_s``."""
-        await self._commit_now(producer, result, offsets, generation)
-
-    async def _commit_now(
-        self,
-        producer: AIOKafkaProducer,
-        result: BatchResult,
-        offsets: dict[TopicPartition, int],
-        generation: int,
-    ) -> None:
         if generation != self.generation:
             raise _Revoked
         if _producer_broken(producer):
